@@ -1,0 +1,61 @@
+"""The JSON error every bad request gets: a message for a human and a stable code for a machine."""
+
+from __future__ import annotations
+
+from flask import Flask, jsonify
+from werkzeug.exceptions import HTTPException
+
+from app.inference.backend import BackendError
+
+
+class ApiError(Exception):
+    """Raised anywhere below the routes; rendered as `{"error": ..., "code": ...}` with `status`."""
+
+    def __init__(self, status: int, code: str, message: str, retry_after: int | None = None):
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.retry_after = retry_after
+
+
+def _render(status: int, code: str, message: str, retry_after: int | None = None):
+    response = jsonify(error=message, code=code)
+    response.status_code = status
+    if retry_after is not None:
+        response.headers["Retry-After"] = str(retry_after)
+    return response
+
+
+# Werkzeug's own errors (routing, body limits) keep their status but get our JSON body.
+_HTTP_CODES = {
+    400: "bad_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+}
+
+
+def register_error_handlers(app: Flask) -> None:
+    @app.errorhandler(ApiError)
+    def _api_error(err: ApiError):
+        return _render(err.status, err.code, err.message, err.retry_after)
+
+    @app.errorhandler(BackendError)
+    def _backend_error(err: BackendError):
+        return _render(err.status, err.code, str(err) or err.code, err.retry_after)
+
+    @app.errorhandler(HTTPException)
+    def _http_error(err: HTTPException):
+        status = err.code or 500
+        if status == 413:
+            message = "request body too large"
+        else:
+            message = err.description or err.name
+        return _render(status, _HTTP_CODES.get(status, "http_error"), message)
+
+    @app.errorhandler(Exception)
+    def _unexpected(err: Exception):
+        app.logger.exception("unhandled error")
+        return _render(500, "internal_error", "internal server error (see the server log)")

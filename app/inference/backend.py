@@ -1,0 +1,84 @@
+"""The one small interface between the HTTP layer and whatever runs the model.
+
+Two implementations: `LocalBackend` (the model in this worker, INFERENCE_MODE=worker) and
+`MuleClient` (the model in the batching mule, INFERENCE_MODE=mule). The routes only see this.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from app.inference.spec import ModelSpec
+
+
+class BackendError(Exception):
+    """Inference could not be done; `status` and `code` say how the client is answered."""
+
+    status = 503
+    code = "unavailable"
+    retry_after: int | None = 1
+
+
+class NotReady(BackendError):
+    code = "not_ready"
+
+
+class Unavailable(BackendError):
+    """The process holding the model went away mid-request (it is being restarted)."""
+
+    code = "backend_unavailable"
+
+
+class Overloaded(BackendError):
+    code = "overloaded"
+
+
+class DeadlineExceeded(BackendError):
+    status = 504
+    code = "timeout"
+    retry_after = None
+
+
+class InferenceFailed(BackendError):
+    """The model itself raised on this input (e.g. values it cannot take)."""
+
+    status = 422
+    code = "inference_failed"
+    retry_after = None
+
+
+@dataclass
+class Prediction:
+    """Outputs for the rows of one request (one array per model output) and how they were run."""
+
+    outputs: list[np.ndarray]
+    batch_size: int = 1
+    info: dict = field(default_factory=dict)
+
+
+@dataclass
+class Status:
+    state: str  # "loading", "ready" or "failed"
+    error: str | None = None
+    spec: ModelSpec | None = None
+    stats: dict = field(default_factory=dict)
+
+    @property
+    def ready(self) -> bool:
+        return self.state == "ready" and self.spec is not None
+
+
+class Backend(Protocol):
+    mode: str
+
+    def status(self) -> Status:
+        """Where the model stands; cheap enough for every readiness probe."""
+        ...
+
+    def predict(self, rows: np.ndarray, deadline: float) -> Prediction:
+        """Run the model on `rows` (shaped like spec.input, plus a batch dimension) before
+        `deadline` (time.monotonic() seconds), or raise a BackendError."""
+        ...

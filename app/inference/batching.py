@@ -1,0 +1,84 @@
+"""When to run the next batch and what goes in it. Pure logic, no I/O, so it is unit-tested alone.
+
+The policy never makes low load slower: when the model is idle, whatever is queued runs at once
+(a lone request is a batch of one). Requests that arrive while a batch runs queue up and form
+the next batch, up to MAX_BATCH_SIZE rows. BATCH_TIMEOUT_MS > 0 lets a user trade latency for
+fuller batches: a partial batch then waits until its oldest request is that old.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Pending:
+    """One queued request (or chunk): its rows sit in shared-memory slot `slot`."""
+
+    conn: object
+    slot: int
+    seq: int
+    rows: int
+    deadline: float
+    arrival: float
+
+
+@dataclass
+class Decision:
+    batch: list[Pending] = field(default_factory=list)
+    expired: list[Pending] = field(default_factory=list)
+    wait: float | None = None  # seconds until the policy wants to look again; None = until a message
+
+
+class BatchPolicy:
+    def __init__(self, max_batch: int, timeout_s: float, max_queue_rows: int):
+        self.max_batch = max_batch
+        self.timeout_s = timeout_s
+        self.max_queue_rows = max_queue_rows
+        self.queue: deque[Pending] = deque()
+        self.queued_rows = 0
+
+    def admit(self, request: Pending) -> bool:
+        """Queue a request, or refuse it (the caller answers 503) when the queue bound is reached."""
+        if self.queued_rows + request.rows > self.max_queue_rows:
+            return False
+        self.queue.append(request)
+        self.queued_rows += request.rows
+        return True
+
+    def drop(self, conn: object) -> list[Pending]:
+        """Forget the requests of a connection that hung up (its worker died)."""
+        gone = [p for p in self.queue if p.conn is conn]
+        if gone:
+            self.queue = deque(p for p in self.queue if p.conn is not conn)
+            self.queued_rows -= sum(p.rows for p in gone)
+        return gone
+
+    def decide(self, now: float) -> Decision:
+        """Take the next batch (FIFO, whole requests, up to max_batch rows) if it should run now."""
+        decision = Decision()
+        decision.expired = [p for p in self.queue if p.deadline <= now]
+        if decision.expired:
+            self.queue = deque(p for p in self.queue if p.deadline > now)
+            self.queued_rows -= sum(p.rows for p in decision.expired)
+        if not self.queue:
+            return decision
+        rows, count = 0, 0
+        for pending in self.queue:
+            if rows + pending.rows > self.max_batch:
+                break
+            rows += pending.rows
+            count += 1
+        oldest = self.queue[0].arrival
+        full = rows >= self.max_batch or count < len(self.queue)
+        if full or self.timeout_s <= 0 or now - oldest >= self.timeout_s:
+            decision.batch = [self._pop() for _ in range(count)]
+        else:
+            decision.wait = oldest + self.timeout_s - now
+        return decision
+
+    def _pop(self) -> Pending:
+        pending = self.queue.popleft()
+        self.queued_rows -= pending.rows
+        return pending

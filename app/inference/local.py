@@ -1,0 +1,62 @@
+"""INFERENCE_MODE=worker: each uWSGI worker loads its own copy of the model after the fork.
+
+Simple and batch-free; costs one model copy per worker. Loading runs in a thread so the worker
+answers readiness probes ("loading", then "ready" or "failed") while TensorFlow starts.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import numpy as np
+
+from app.config import Settings
+from app.inference.backend import DeadlineExceeded, InferenceFailed, NotReady, Prediction, Status
+
+log = logging.getLogger(__name__)
+
+
+class LocalBackend:
+    mode = "worker"
+
+    def __init__(self, settings: Settings):
+        self._settings = settings
+        self._runner = None
+        self._error: str | None = None
+        self._lock = threading.Lock()  # the runner's batch buffer is shared by this worker's threads
+        self._requests = 0
+        threading.Thread(target=self._load, name="model-loader", daemon=True).start()
+
+    def _load(self) -> None:
+        from app.inference.model_runner import ModelLoadError, load_runner  # noqa: PLC0415
+
+        try:
+            self._runner = load_runner(self._settings)
+        except ModelLoadError as exc:
+            self._error = str(exc)
+            log.error("model failed to load: %s", exc)
+        except Exception as exc:
+            self._error = f"{type(exc).__name__}: {exc}"
+            log.exception("model failed to load")
+
+    def status(self) -> Status:
+        if self._runner is not None:
+            return Status("ready", spec=self._runner.spec, stats={"requests": self._requests})
+        return Status("failed" if self._error else "loading", error=self._error)
+
+    def predict(self, rows: np.ndarray, deadline: float) -> Prediction:
+        runner = self._runner
+        if runner is None:
+            raise NotReady(self._error or "the model is still loading")
+        with self._lock:
+            if time.monotonic() > deadline:
+                raise DeadlineExceeded("the request waited too long for the model")
+            try:
+                outputs = runner.run(rows)
+            except Exception as exc:
+                log.exception("model call failed")
+                raise InferenceFailed(f"the model failed on this input: {type(exc).__name__}") from None
+            self._requests += 1
+        return Prediction(outputs=outputs, batch_size=len(rows))

@@ -1,0 +1,166 @@
+"""Load a Keras model and run it on padded, bucketed batches. The only module that imports TensorFlow.
+
+Imported by the mule (mule mode) or by each worker after the fork (worker mode), never by the
+uWSGI master: TensorFlow's runtime does not survive a fork.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from app.config import Settings
+from app.inference.spec import ModelSpec, TensorSpec
+
+log = logging.getLogger(__name__)
+
+
+class ModelLoadError(Exception):
+    """The model file, its input or its labels cannot be served; the message says what to fix."""
+
+
+def read_labels(path: Path | None) -> tuple[str, ...] | None:
+    if path is None:
+        return None
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise ModelLoadError(f"cannot read LABELS_PATH {path}: {exc}") from None
+    while lines and not lines[-1].strip():
+        lines.pop()
+    return tuple(line.strip() for line in lines)
+
+
+class ModelRunner:
+    """Calls the model on batches padded up to fixed bucket sizes, so no new shape is ever traced."""
+
+    def __init__(self, spec: ModelSpec, call: Callable[[np.ndarray], list[np.ndarray]], buckets: tuple[int, ...]):
+        self.spec = spec
+        self._call = call
+        self.buckets = buckets
+        self.max_batch = buckets[-1]
+        shape = (self.max_batch, *spec.input.shape)
+        self._buffer = np.zeros(shape, dtype=spec.input.dtype)
+
+    def bucket_for(self, rows: int) -> int:
+        return next(size for size in self.buckets if size >= rows)
+
+    def batch_buffer(self, rows: int) -> np.ndarray:
+        """A reusable input array of the padded size; fill its first `rows` rows, then `run_buffer`."""
+        return self._buffer[: self.bucket_for(rows)]
+
+    def run_buffer(self, rows: int) -> list[np.ndarray]:
+        """Run the model on the first `rows` rows of the shared batch buffer (padded to a bucket)."""
+        outputs = self._call(self._buffer[: self.bucket_for(rows)])
+        return [out[:rows] for out in outputs]
+
+    def run(self, batch: np.ndarray) -> list[np.ndarray]:
+        """Run any number of rows, in chunks of at most the largest bucket."""
+        results: list[list[np.ndarray]] = []
+        for start in range(0, len(batch), self.max_batch):
+            chunk = batch[start : start + self.max_batch]
+            self._buffer[: len(chunk)] = chunk
+            results.append(self.run_buffer(len(chunk)))
+        return [np.concatenate(parts) for parts in zip(*results)]
+
+    def warmup(self) -> dict[int, float]:
+        """Call every bucket size once (twice for the first) so no client pays for a first call."""
+        timings = {}
+        for size in (self.buckets[0], *self.buckets):
+            started = time.perf_counter()
+            self._call(self._buffer[:size])
+            timings[size] = (time.perf_counter() - started) * 1000
+        return timings
+
+
+def load_runner(settings: Settings) -> ModelRunner:
+    """Load MODEL_PATH (.keras, .h5 or a SavedModel directory), describe it, and warm it up."""
+    path = settings.model_path
+    if not path.exists():
+        raise ModelLoadError(f"MODEL_PATH {path} does not exist")
+    started = time.perf_counter()
+    import tensorflow as tf  # noqa: PLC0415 - deliberately late: never in the uWSGI master
+
+    try:
+        if path.is_dir():
+            call, input_spec, output_names = _load_saved_model(tf, path)
+        else:
+            call, input_spec, output_names = _load_keras(tf, path)
+    except ModelLoadError:
+        raise
+    except Exception as exc:  # Keras raises many types for a bad file; all mean the same here.
+        raise ModelLoadError(f"cannot load model {path}: {type(exc).__name__}: {exc}") from None
+
+    probe = call(np.zeros((1, *input_spec.shape), dtype=input_spec.dtype))
+    outputs = tuple(
+        TensorSpec(name=name, shape=tuple(int(d) for d in out.shape[1:]), dtype=str(out.dtype))
+        for name, out in zip(output_names, probe)
+    )
+    labels = read_labels(settings.labels_path)
+    spec = ModelSpec(
+        name=settings.model_name, input=input_spec, outputs=outputs, labels=labels,
+        preprocess=settings.preprocess,
+    )
+    if labels is not None and spec.is_classifier and len(labels) != outputs[0].shape[0]:
+        raise ModelLoadError(
+            f"LABELS_PATH {settings.labels_path} has {len(labels)} labels but the model"
+            f" outputs {outputs[0].shape[0]} classes"
+        )
+    runner = ModelRunner(spec, call, settings.batch_buckets)
+    timings = runner.warmup()
+    log.info(
+        "model %s loaded from %s in %.1fs: input %s %s, outputs %s; warm-up ms per bucket %s",
+        spec.name, path, time.perf_counter() - started, input_spec.shape, input_spec.dtype,
+        [o.shape for o in outputs], {k: round(v, 1) for k, v in timings.items()},
+    )
+    return runner
+
+
+def _checked_input(shape, dtype) -> TensorSpec:
+    dims = tuple(shape)[1:]
+    if any(d is None for d in dims):
+        raise ModelLoadError(
+            f"the model input has unknown dimensions {tuple(shape)}; the server needs a fixed"
+            " input size (re-save the model with a fixed Input shape)"
+        )
+    return TensorSpec(name="input", shape=tuple(int(d) for d in dims), dtype=np.dtype(dtype).name)
+
+
+def _load_keras(tf, path: Path):
+    import keras  # noqa: PLC0415
+
+    model = keras.models.load_model(path, compile=False)
+    if len(model.inputs) != 1:
+        raise ModelLoadError(f"the model has {len(model.inputs)} inputs; kerasrv serves single-input models")
+    input_spec = _checked_input(model.inputs[0].shape, model.inputs[0].dtype)
+    names = list(getattr(model, "output_names", None) or [f"output_{i}" for i in range(len(model.outputs))])
+
+    @tf.function(input_signature=[tf.TensorSpec((None, *input_spec.shape), input_spec.dtype)])
+    def infer(x):
+        out = model(x, training=False)
+        return list(out) if isinstance(out, (list, tuple)) else [out]
+
+    return (lambda batch: [t.numpy() for t in infer(batch)]), input_spec, names
+
+
+def _load_saved_model(tf, path: Path):
+    loaded = tf.saved_model.load(str(path))
+    signature = loaded.signatures.get("serving_default")
+    if signature is None:
+        raise ModelLoadError(f"SavedModel {path} has no 'serving_default' signature")
+    inputs = signature.structured_input_signature[1]
+    if len(inputs) != 1:
+        raise ModelLoadError(f"the SavedModel signature has {len(inputs)} inputs; kerasrv serves single-input models")
+    (input_name, tensor_spec), = inputs.items()
+    input_spec = _checked_input(tensor_spec.shape, tensor_spec.dtype.as_numpy_dtype)
+    names = sorted(signature.structured_outputs)
+
+    def call(batch: np.ndarray) -> list[np.ndarray]:
+        out = signature(**{input_name: tf.constant(batch)})
+        return [out[name].numpy() for name in names]
+
+    return call, input_spec, names

@@ -1,0 +1,192 @@
+"""INFERENCE_MODE=mule, worker side: write rows into this thread's slot, wake the mule, wait.
+
+Workers never import TensorFlow in this mode; they learn the model's spec from the mule's
+status answer. Each worker thread owns one slot and one connection, so nothing is locked.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import socket
+import threading
+import time
+
+import numpy as np
+
+from app.config import Settings
+from app.inference import wire
+from app.inference.backend import (
+    DeadlineExceeded,
+    InferenceFailed,
+    NotReady,
+    Overloaded,
+    Prediction,
+    Status,
+    Unavailable,
+)
+from app.inference.spec import ModelSpec
+
+log = logging.getLogger(__name__)
+
+STATUS_TIMEOUT_S = 2.0  # the mule answers between batches; a batch takes well under this
+
+
+class _Channel:
+    """One worker thread's connection to the mule and the last status it learned."""
+
+    def __init__(self, slot: int):
+        self.slot = slot
+        self.sock: socket.socket | None = None
+        self.seq = 0
+        self.status = Status("loading")
+        self.spec: ModelSpec | None = None
+        self.layout: wire.SlotLayout | None = None
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+        self.sock = None
+        self.spec = None
+        self.layout = None
+
+
+class MuleClient:
+    mode = "mule"
+
+    def __init__(self, settings: Settings, shm, first_slot: int):
+        """`shm`: the shared memory of all slots; this process owns slots first_slot.. +THREADS."""
+        self._settings = settings
+        self._shm = shm
+        self._first_slot = first_slot
+        self._local = threading.local()
+        self._next_thread = itertools.count()
+        self._lock = threading.Lock()
+
+    @classmethod
+    def for_uwsgi_worker(cls, settings: Settings) -> MuleClient:
+        import uwsgi  # noqa: PLC0415 - only exists inside uWSGI
+
+        return cls(settings, uwsgi.sharedarea_memoryview(0), (uwsgi.worker_id() - 1) * settings.threads)
+
+    def _channel(self) -> _Channel:
+        channel = getattr(self._local, "channel", None)
+        if channel is None:
+            with self._lock:
+                index = next(self._next_thread)
+            if index >= self._settings.threads:
+                raise RuntimeError(f"more threads than THREADS={self._settings.threads} in one worker")
+            channel = self._local.channel = _Channel(self._first_slot + index)
+        return channel
+
+    # --- status ---------------------------------------------------------------------------
+
+    def status(self, fresh: bool = False) -> Status:
+        """The mule's state; asked again only when not ready, the link broke, or `fresh` is set."""
+        channel = self._channel()
+        if channel.sock is not None and _hung_up(channel.sock):
+            channel.close()
+        if fresh or channel.spec is None:
+            try:
+                self._refresh(channel)
+            except OSError as exc:
+                channel.close()
+                return Status("loading", error=None, stats={"mule": f"unreachable: {exc.strerror or exc}"})
+        return channel.status
+
+    def _refresh(self, channel: _Channel) -> None:
+        if channel.sock is None:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            try:
+                sock.connect(str(self._settings.mule_socket))
+            except OSError:
+                sock.close()
+                raise
+            channel.sock = sock
+        channel.sock.settimeout(STATUS_TIMEOUT_S)
+        channel.sock.send(bytes([wire.STATUS]))
+        while True:
+            message = channel.sock.recv(1 << 20)
+            if not message:
+                raise ConnectionResetError("the mule closed the connection")
+            if message[0] == wire.STATUS:
+                break  # replies to earlier, abandoned requests are skipped
+        data = wire.unpack_status(message)
+        spec = ModelSpec.from_dict(data["spec"]) if data.get("spec") else None
+        channel.status = Status(data["state"], error=data.get("error"), spec=spec, stats=data.get("stats", {}))
+        if spec is not None and channel.spec != spec:
+            channel.spec = spec
+            layout = data["layout"]
+            channel.layout = wire.SlotLayout(layout["slot_bytes"], layout["rows"], tuple(layout["output_offsets"]))
+        elif spec is None:
+            channel.spec = None
+
+    # --- inference ------------------------------------------------------------------------
+
+    def predict(self, rows: np.ndarray, deadline: float) -> Prediction:
+        channel = self._channel()
+        status = self.status()
+        if not status.ready:
+            raise NotReady(f"model failed to load: {status.error}" if status.error else "the model is still loading")
+        outputs: list[list[np.ndarray]] = []
+        batch_sizes = []
+        step = channel.layout.rows
+        for start in range(0, len(rows), step):
+            chunk = rows[start : start + step]
+            outs, batch_size = self._infer(channel, chunk, deadline)
+            outputs.append(outs)
+            batch_sizes.append(batch_size)
+        merged = [np.concatenate(parts) if len(parts) > 1 else parts[0] for parts in zip(*outputs)]
+        return Prediction(outputs=merged, batch_size=max(batch_sizes))
+
+    def _infer(self, channel: _Channel, chunk: np.ndarray, deadline: float) -> tuple[list[np.ndarray], int]:
+        spec, layout = channel.spec, channel.layout
+        layout.input_view(self._shm, channel.slot, spec, len(chunk))[...] = chunk
+        channel.seq = (channel.seq + 1) & 0xFFFFFFFF
+        seq = channel.seq
+        try:
+            channel.sock.send(wire.pack_infer(channel.slot, seq, len(chunk), deadline))
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError
+                channel.sock.settimeout(remaining)
+                message = channel.sock.recv(4096)
+                if not message:
+                    raise ConnectionResetError("the mule closed the connection")
+                if message[0] != wire.REPLY:
+                    continue
+                got_seq, code, batch_size, _, text = wire.unpack_reply(message)
+                if got_seq == seq:
+                    break  # an older seq is the late answer to a request that already timed out
+        except TimeoutError:
+            raise DeadlineExceeded("no answer from the model within REQUEST_TIMEOUT_MS") from None
+        except OSError as exc:
+            # The mule died (it is respawned by uWSGI): fail fast, reconnect on the next request.
+            channel.close()
+            log.warning("lost the mule mid-request: %s", exc)
+            raise Unavailable("the model process restarted; retry shortly") from None
+        if code == wire.OK:
+            views = layout.output_views(self._shm, channel.slot, spec, len(chunk))
+            return [view.copy() for view in views], batch_size
+        if code == wire.EXPIRED:
+            raise DeadlineExceeded(text or "deadline passed while queued")
+        if code == wire.OVERLOADED:
+            raise Overloaded(text or "too many queued requests")
+        if code == wire.NOT_READY:
+            channel.close()
+            raise NotReady(text or "the model is not ready")
+        raise InferenceFailed(text or "the model failed on this input")
+
+
+def _hung_up(sock: socket.socket) -> bool:
+    """True if the peer closed the connection (a dead mule), without consuming a message."""
+    try:
+        sock.setblocking(False)
+        return sock.recv(1, socket.MSG_PEEK) == b""
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+    finally:
+        sock.setblocking(True)

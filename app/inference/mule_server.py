@@ -1,0 +1,251 @@
+"""The batching mule: owns the model, gathers ready slots into one batch, runs it, answers each waiter.
+
+One thread runs the event loop and the model call; a second only loads the model at start, so
+status questions are answered ("loading", "failed: why") while TensorFlow starts. A model that
+fails to load leaves the mule alive and saying so: uWSGI respawns a dead mule without any
+throttle, so dying would be a crash loop.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import selectors
+import socket
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+from app.config import Settings
+from app.inference import wire
+from app.inference.batching import BatchPolicy, Pending
+from app.inference.model_runner import ModelLoadError, ModelRunner
+
+log = logging.getLogger(__name__)
+
+
+class MuleServer:
+    def __init__(
+        self,
+        settings: Settings,
+        shm,
+        load: Callable[[Settings], ModelRunner],
+        guard: Callable[[int], None] = lambda seconds: None,
+    ):
+        """`shm` is the shared memory of all slots; `guard(seconds)` arms a watchdog around each
+        model call (uWSGI's user harakiri in production), `guard(0)` disarms it."""
+        self.settings = settings
+        self.shm = shm
+        self._load = load
+        self._guard = guard
+        self.runner: ModelRunner | None = None
+        self.layout: wire.SlotLayout | None = None
+        self.error: str | None = None
+        self.policy = BatchPolicy(
+            settings.max_batch_size, settings.batch_timeout_ms / 1000, settings.max_queue_rows
+        )
+        self.counts: Counter[str] = Counter()
+        self.batch_sizes: Counter[int] = Counter()
+        self.compute_ms_total = 0.0
+        self._selector = selectors.DefaultSelector()
+        self._listener: socket.socket | None = None
+        self._stop = False
+        self._next_wait: float | None = None
+
+    # --- start-up -------------------------------------------------------------------------
+
+    def _load_model(self) -> None:
+        try:
+            runner = self._load(self.settings)
+            layout = wire.SlotLayout.plan(runner.spec, self.settings.slot_bytes, self.settings.max_batch_size)
+            if layout.rows == 0:
+                raise ModelLoadError(
+                    f"one input row needs {runner.spec.input.row_bytes} bytes plus its outputs;"
+                    f" SLOT_MB={self.settings.slot_mb} is too small"
+                )
+            self.layout, self.runner = layout, runner
+            log.info("mule ready: model %s, %d rows per slot, %d slots", runner.spec.name, layout.rows,
+                     self.settings.n_slots)
+        except ModelLoadError as exc:
+            self.error = str(exc)
+        except Exception as exc:  # any failure means the same: not ready, and say why
+            self.error = f"{type(exc).__name__}: {exc}"
+        if self.error:
+            log.error("model failed to load, the server stays not ready: %s", self.error)
+
+    def listen(self) -> None:
+        path = self.settings.mule_socket
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.exists() or path.is_symlink():
+            path.unlink()
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        listener.bind(str(path))
+        os.chmod(path, 0o600)
+        listener.listen(1024)
+        listener.setblocking(False)
+        self._selector.register(listener, selectors.EVENT_READ)
+        self._listener = listener
+
+    def serve_forever(self) -> None:
+        self.listen()
+        threading.Thread(target=self._load_model, name="model-loader", daemon=True).start()
+        while not self._stop:
+            self.step()
+
+    def stop(self) -> None:
+        self._stop = True
+
+    # --- the loop -------------------------------------------------------------------------
+
+    def step(self, max_wait: float = 1.0) -> None:
+        """Read every message that has arrived, then run one batch if the policy says so."""
+        self._poll(max_wait if self._next_wait is None else self._next_wait)
+        if self.runner is None:
+            return
+        decision = self.policy.decide(time.monotonic())
+        for pending in decision.expired:
+            self.counts["expired"] += 1
+            self._reply(pending, wire.EXPIRED, message="deadline passed while queued")
+        if decision.batch:
+            self._run(decision.batch)
+            self._next_wait = 0.0  # collect what arrived during the batch, then decide again
+        else:
+            self._next_wait = decision.wait
+
+    def _poll(self, timeout: float) -> None:
+        for key, _ in self._selector.select(timeout):
+            if key.fileobj is self._listener:
+                self._accept()
+            else:
+                self._drain(key.fileobj)
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self._listener.accept()
+            except BlockingIOError:
+                return
+            conn.setblocking(False)
+            self._selector.register(conn, selectors.EVENT_READ)
+
+    def _drain(self, conn: socket.socket) -> None:
+        while True:
+            try:
+                message = conn.recv(256)
+            except BlockingIOError:
+                return
+            except OSError:
+                message = b""
+            if not message:
+                self._close(conn)
+                return
+            if message[0] == wire.INFER:
+                self._enqueue(conn, message)
+            elif message[0] == wire.STATUS:
+                self._send(conn, wire.pack_status(self.status()))
+
+    def _enqueue(self, conn: socket.socket, message: bytes) -> None:
+        slot, seq, rows, deadline = wire.unpack_infer(message)
+        pending = Pending(conn, slot, seq, rows, deadline, time.monotonic())
+        if self.runner is None:
+            self._reply(pending, wire.NOT_READY, message=self.error or "the model is still loading")
+        elif slot >= self.settings.n_slots or not 0 < rows <= self.layout.rows:
+            self._reply(pending, wire.FAILED, message=f"bad request: slot {slot}, {rows} rows")
+        elif not self.policy.admit(pending):
+            self.counts["overloaded"] += 1
+            self._reply(pending, wire.OVERLOADED, message=f"queue full ({self.settings.max_queue_rows} rows)")
+
+    def _run(self, batch: list[Pending]) -> None:
+        runner, layout, spec = self.runner, self.layout, self.runner.spec
+        total = sum(p.rows for p in batch)
+        buffer = runner.batch_buffer(total)
+        offset = 0
+        for pending in batch:
+            buffer[offset : offset + pending.rows] = layout.input_view(self.shm, pending.slot, spec, pending.rows)
+            offset += pending.rows
+        started = time.perf_counter()
+        self._guard(max(1, self.settings.harakiri_s))
+        try:
+            outputs = runner.run_buffer(total)
+        except Exception as exc:
+            log.exception("model call failed on a batch of %d rows", total)
+            self.counts["failed"] += len(batch)
+            for pending in batch:
+                self._reply(pending, wire.FAILED, message=f"the model failed: {type(exc).__name__}")
+            return
+        finally:
+            self._guard(0)
+        compute_ms = (time.perf_counter() - started) * 1000
+        self.compute_ms_total += compute_ms
+        self.batch_sizes[total] += 1
+        self.counts["batches"] += 1
+        self.counts["rows"] += total
+        offset = 0
+        for pending in batch:
+            for view, out in zip(layout.output_views(self.shm, pending.slot, spec, pending.rows), outputs):
+                view[...] = out[offset : offset + pending.rows]
+            offset += pending.rows
+            self._reply(pending, wire.OK, total, compute_ms)
+
+    # --- replies and connections ----------------------------------------------------------
+
+    def _reply(self, pending: Pending, code: int, batch_size: int = 0, compute_ms: float = 0.0,
+               message: str = "") -> None:
+        self._send(pending.conn, wire.pack_reply(pending.seq, code, batch_size, compute_ms, message))
+
+    def _send(self, conn: socket.socket, data: bytes) -> None:
+        try:
+            conn.send(data)
+        except (BlockingIOError, OSError):
+            # A full buffer means the worker stopped reading (it is stuck or gone): drop it.
+            self._close(conn)
+
+    def _close(self, conn: socket.socket) -> None:
+        if conn.fileno() < 0:
+            return
+        self.policy.drop(conn)
+        self._selector.unregister(conn)
+        conn.close()
+
+    def status(self) -> dict:
+        state = "ready" if self.runner else ("failed" if self.error else "loading")
+        batches = self.counts["batches"]
+        return {
+            "state": state,
+            "error": self.error,
+            "spec": self.runner.spec.to_dict() if self.runner else None,
+            "layout": dataclasses.asdict(self.layout) if self.layout else None,
+            "stats": {
+                "pid": os.getpid(),
+                "batches": batches,
+                "rows": self.counts["rows"],
+                "mean_batch_size": round(self.counts["rows"] / batches, 3) if batches else 0.0,
+                "batch_sizes": {str(k): v for k, v in sorted(self.batch_sizes.items())},
+                "mean_compute_ms": round(self.compute_ms_total / batches, 3) if batches else 0.0,
+                "queued_rows": self.policy.queued_rows,
+                "expired": self.counts["expired"],
+                "overloaded": self.counts["overloaded"],
+                "failed": self.counts["failed"],
+                "buckets": list(self.runner.buckets) if self.runner else [],
+            },
+        }
+
+
+def run() -> None:
+    """The mule process: load the model, then serve batches until killed (see mule_main.py)."""
+    import uwsgi  # noqa: PLC0415 - only exists inside uWSGI
+
+    from app import configure_logging  # noqa: PLC0415
+    from app.inference.model_runner import load_runner  # noqa: PLC0415
+
+    settings = Settings.from_env()
+    configure_logging(settings.log_level)
+    shm = uwsgi.sharedarea_memoryview(0)
+    needed = settings.n_slots * settings.slot_bytes
+    if len(shm) < needed:
+        raise SystemExit(f"sharedarea holds {len(shm)} bytes, {needed} needed: start through app.launch")
+    log.info("mule %d starting: model %s", os.getpid(), Path(settings.model_path).name)
+    MuleServer(settings, shm, load_runner, guard=uwsgi.set_user_harakiri).serve_forever()

@@ -1,0 +1,130 @@
+"""Start the whole server: supervisord -> nginx + uWSGI (workers + batching mule).
+
+`python -m app.launch` is the one entry point for `make run`, the tests, the container and the
+systemd unit. It checks the configuration, prepares the runtime directory, renders nginx.conf
+(nginx cannot read environment variables) and exports the values the other config files read,
+so each setting is derived in one place (app/config.py) and nowhere else.
+"""
+
+from __future__ import annotations
+
+import grp
+import os
+import pwd
+import re
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from app.config import PROJECT_ROOT, ConfigError, Settings
+
+PAGE = 4096
+FATAL_MARKER = "supervisor-fatal"
+
+
+def render_nginx(template: str, values: dict[str, str]) -> str:
+    """Fill ${NAME} placeholders; nginx's own $variables are left alone."""
+
+    def fill(match: re.Match) -> str:
+        name = match.group(1)
+        if name not in values:
+            raise KeyError(f"nginx.conf uses ${{{name}}}, which the launcher does not provide")
+        return values[name]
+
+    return re.sub(r"\$\{([A-Z_]+)\}", fill, template)
+
+
+def service_user() -> str:
+    """uWSGI and nginx workers never run as root: as root, drop to KERASRV_USER (default nobody)."""
+    if os.geteuid() == 0:
+        return os.environ.get("KERASRV_USER", "nobody")
+    return pwd.getpwuid(os.geteuid()).pw_name
+
+
+def prepare(settings: Settings, env: dict[str, str]) -> dict[str, str]:
+    """Create the runtime directory and nginx.conf; return the environment for supervisord."""
+    runtime = settings.runtime_dir
+    for sub in ("", "nginx", "nginx/body", "nginx/temp"):
+        (runtime / sub).mkdir(parents=True, exist_ok=True)
+    (runtime / FATAL_MARKER).unlink(missing_ok=True)
+    user = service_user()
+    if os.geteuid() == 0:
+        # the unprivileged uWSGI creates its sockets here
+        shutil.chown(runtime, user=user)
+    nginx = shutil.which("nginx") or next(
+        (p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if Path(p).exists()), None
+    )
+    if nginx is None:
+        raise ConfigError("nginx is not installed: run `make install` as root, or `apt-get install nginx`")
+    values = {
+        "HOST": settings.host,
+        "PORT": str(settings.port),
+        "RUNTIME_DIR": str(runtime),
+        "STATIC_DIR": str(PROJECT_ROOT / "app" / "static"),
+        "MAX_UPLOAD_MB": str(settings.max_upload_mb),
+        "PROXY_TIMEOUT_S": str(settings.proxy_timeout_s),
+        "USER_DIRECTIVE": f"user {user} {grp.getgrgid(pwd.getpwnam(user).pw_gid).gr_name};"
+        if os.geteuid() == 0 else "",
+    }
+    template = (PROJECT_ROOT / "nginx.conf").read_text()
+    (runtime / "nginx.conf").write_text(render_nginx(template, values))
+    shared_bytes = settings.n_slots * settings.slot_bytes
+    derived = {
+        "KERASRV_ROOT": str(PROJECT_ROOT),
+        "KERASRV_RUNTIME_DIR": str(runtime),
+        "KERASRV_BIN": str(Path(sys.executable).parent),
+        "KERASRV_PYTHON": sys.executable,
+        "KERASRV_NGINX": nginx,
+        "KERASRV_USER": user,
+        "KERASRV_WORKERS": str(settings.workers),
+        "KERASRV_THREADS": str(settings.threads),
+        "KERASRV_LISTEN": str(settings.listen_backlog),
+        "KERASRV_HARAKIRI": str(settings.harakiri_s),
+        "KERASRV_SHAREDAREA_PAGES": str(-(-shared_bytes // PAGE)),
+        # caches of Keras and matplotlib, writable by the unprivileged service user
+        "KERAS_HOME": str(runtime / "keras"),
+        "MPLCONFIGDIR": str(runtime / "matplotlib"),
+        # the workers and the mule read the same settings back from the same variables
+        "RUNTIME_DIR": str(runtime),
+        "MODEL_PATH": str(settings.model_path),
+    }
+    env = {**env, **derived}
+    env.pop("KERASRV_MULE", None)
+    if settings.inference_mode == "mule":
+        env["KERASRV_MULE"] = "1"  # uwsgi.ini starts the mule only when this is set
+    return env
+
+
+def main() -> int:
+    try:
+        settings = Settings.from_env()
+        env = prepare(settings, dict(os.environ))
+    except ConfigError as exc:
+        print(f"kerasrv: configuration error: {exc}", file=sys.stderr)
+        return 2
+    print(
+        f"kerasrv: serving {settings.model_name} ({settings.model_path}) on port {settings.port},"
+        f" {settings.workers} workers x {settings.threads} threads, mode {settings.inference_mode}",
+        file=sys.stderr, flush=True,
+    )
+    supervisord = Path(sys.executable).parent / "supervisord"
+    child = subprocess.Popen(
+        [str(supervisord), "--nodaemon", "-c", str(PROJECT_ROOT / "supervisord.conf")], env=env
+    )
+
+    def forward(signum, _frame):
+        child.send_signal(signum)
+
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP):
+        signal.signal(signum, forward)
+    code = child.wait()
+    if (settings.runtime_dir / FATAL_MARKER).exists():
+        print("kerasrv: a process failed for good; exiting so that it is restarted", file=sys.stderr)
+        return 1
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

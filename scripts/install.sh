@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Install what kerasrv needs on Debian/Ubuntu: nginx and build tools from apt (when root), and a
+# Python venv with the pinned packages. Used by `make run`, `make test`, CI and the Dockerfile.
+#   scripts/install.sh          runtime only
+#   scripts/install.sh dev      plus tests, lint, training and benchmark tools
+# Environment: VENV (default .venv), PYTHON (default python3), TF_PACKAGE (e.g. "tensorflow[and-cuda]==2.21.0"
+# for the GPU build instead of tensorflow-cpu).
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+venv=${VENV:-$root/.venv}
+python=${PYTHON:-python3}
+profile=${1:-runtime}
+
+missing=()
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx)
+command -v gcc >/dev/null 2>&1 || missing+=(gcc libc6-dev)  # uWSGI builds from source
+pyver=$("$python" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')
+"$python" -c 'import sysconfig, os, sys; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' \
+    || missing+=("python${pyver}-dev")
+"$python" -c 'import ensurepip' >/dev/null 2>&1 || missing+=("python${pyver}-venv")
+
+if [ ${#missing[@]} -gt 0 ]; then
+    if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "install: apt-get install ${missing[*]}"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    else
+        echo "install: missing ${missing[*]}; install them (as root: apt-get install ${missing[*]}) and run again" >&2
+        exit 1
+    fi
+fi
+
+requirements=("$root/requirements.txt")
+[ "$profile" = dev ] && requirements+=("$root/requirements-dev.txt")
+stamp="$venv/.kerasrv-installed-$profile"
+digest=$(cat "${requirements[@]}" | sha256sum | cut -c1-16)${TF_PACKAGE:+-gpu}
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$digest" ]; then
+    exit 0
+fi
+
+[ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
+"$venv/bin/pip" install --quiet --disable-pip-version-check --upgrade pip
+args=()
+for file in "${requirements[@]}"; do args+=(-r "$file"); done
+if [ -n "${TF_PACKAGE:-}" ]; then
+    # same pins, but the CUDA build of TensorFlow
+    grep -v '^tensorflow-cpu' "$root/requirements.txt" > "$venv/requirements-gpu.txt"
+    args=(-r "$venv/requirements-gpu.txt" "$TF_PACKAGE" "${args[@]:2}")
+fi
+echo "install: pip install into $venv ($profile)"
+"$venv/bin/pip" install --quiet --disable-pip-version-check "${args[@]}"
+echo "$digest" > "$stamp"
