@@ -40,6 +40,8 @@ def decode_image(
         raise ApiError(
             415, "unsupported_image", "the upload is not an image format this server can read"
         ) from None
+    except (OSError, SyntaxError, ValueError) as exc:  # a known format, but its header is cut or corrupt
+        raise ApiError(400, "invalid_image", f"the image could not be decoded: {exc}") from None
     width, height = image.size
     if width * height > max_pixels:
         raise ApiError(

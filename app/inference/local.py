@@ -1,7 +1,8 @@
 """INFERENCE_MODE=worker: each uWSGI worker loads its own copy of the model after the fork.
 
-Simple and batch-free; costs one model copy per worker. Loading runs in a thread so the worker
-answers readiness probes ("loading", then "ready" or "failed") while TensorFlow starts.
+Simple and batch-free; costs one model copy per worker. The model loads before the worker
+accepts its first request, so any worker that answers is ready; one that failed to load says
+why on every request instead of exiting (and being restarted into the same failure).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ class LocalBackend:
         self._error: str | None = None
         self._lock = threading.Lock()  # the runner's batch buffer is shared by this worker's threads
         self._requests = 0
-        threading.Thread(target=self._load, name="model-loader", daemon=True).start()
+        self._load()
 
     def _load(self) -> None:
         from app.inference.model_runner import ModelLoadError, load_runner  # noqa: PLC0415

@@ -1,0 +1,211 @@
+"""End to end through real nginx + uWSGI + supervisord on a loopback port: the demo model and user models."""
+
+from __future__ import annotations
+
+import base64
+import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import requests
+
+from tests.conftest import jpeg_bytes, png_bytes
+from tests.server import Server
+from training.digits import heldout_split, render_png
+
+LOAD_SECONDS = float(os.environ.get("KERASRV_TEST_LOAD_SECONDS", "30"))
+
+
+@pytest.fixture(scope="module")
+def digits():
+    server = Server(name="digits").start()
+    yield server
+    assert server.stop() == 0, server.log()
+
+
+def test_demo_model_reads_heldout_digits(digits):
+    """The bundled demo model, through HTTP, on digits it never saw in training."""
+    _, _, images, labels = heldout_split()
+    correct = 0
+    with requests.Session() as session:
+        for image, label in zip(images, labels):
+            response = session.post(f"{digits.url}/predict", files={"image": ("d.png", render_png(image))})
+            assert response.status_code == 200, response.text
+            best = response.json()["predictions"][0]
+            correct += best["label"] == str(label)
+    accuracy = correct / len(labels)
+    assert accuracy >= 0.95, f"accuracy {accuracy:.3f} on {len(labels)} held-out digits"
+
+
+def test_answer_shape_and_every_input_form(digits):
+    _, _, images, labels = heldout_split()
+    png = render_png(images[0])
+    url = f"{digits.url}/predict"
+    multipart = requests.post(url, files={"image": ("d.png", png)}, params={"top_k": 3}).json()
+    assert multipart["model"] == "digits"
+    assert [set(p) for p in multipart["predictions"]] == [{"label", "index", "score"}] * 3
+    scores = [p["score"] for p in multipart["predictions"]]
+    assert scores == sorted(scores, reverse=True)
+    raw = requests.post(url, data=png, headers={"Content-Type": "image/png"}).json()
+    as_json = requests.post(url, json={"image": base64.b64encode(png).decode()}).json()
+    assert raw["predictions"][0]["label"] == as_json["predictions"][0]["label"] == str(labels[0])
+    assert len(raw["predictions"]) == 5  # default top_k
+    several = requests.post(url, files=[("image", ("a.png", png)), ("image", ("b.png", render_png(images[1])))])
+    body = several.json()["predictions"]
+    assert len(body) == 2 and body[1][0]["label"] == str(labels[1])
+    listed = requests.post(url, json={"images": [base64.b64encode(png).decode()]}).json()["predictions"]
+    assert isinstance(listed[0], list)
+
+
+def test_bad_uploads_get_json_errors_and_the_server_keeps_serving(digits):
+    url = f"{digits.url}/predict"
+    good = render_png(heldout_split()[2][0])
+    truncated = jpeg_bytes(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8))[:300]
+    cases = [
+        (dict(files={"image": ("notes.txt", b"just some text, not a picture")}), 415, "unsupported_image"),
+        (dict(files={"image": ("cut.jpg", truncated)}), 400, "invalid_image"),
+        (dict(data=b"", headers={"Content-Type": "image/png"}), 400, "empty_body"),
+        (dict(), 400, "missing_input"),
+        (dict(files={"file": ("d.png", good)}), 400, "missing_input"),
+        (dict(data=b"hello", headers={"Content-Type": "text/plain"}), 415, "unsupported_media_type"),
+        (dict(data=b"{not json", headers={"Content-Type": "application/json"}), 400, "invalid_json"),
+        (dict(json={"instances": [[1, 2, 3]]}), 422, "invalid_shape"),
+        (dict(files={"image": ("d.png", good)}, params={"top_k": "x"}), 400, "invalid_parameter"),
+        (dict(data=os.urandom(30 * 1024 * 1024), headers={"Content-Type": "image/jpeg"}), 413, "payload_too_large"),
+    ]
+    for kwargs, status, code in cases:
+        response = requests.post(url, timeout=60, **kwargs)
+        assert response.status_code == status, (code, response.text)
+        assert response.headers["Content-Type"].startswith("application/json")
+        assert response.json()["code"] == code
+        assert set(response.json()) == {"error", "code"}
+    assert requests.post(url, files={"image": ("d.png", good)}).status_code == 200
+
+
+def test_health_landing_page_and_static_files(digits):
+    assert requests.get(f"{digits.url}/health/live").json() == {"status": "alive"}
+    ready = requests.get(f"{digits.url}/health/ready")
+    assert ready.status_code == 200 and ready.json()["state"] == "ready"
+    page = requests.get(digits.url)
+    assert page.status_code == 200
+    assert "digits" in page.text and 'type="file"' in page.text and "curl" in page.text
+    js = requests.get(f"{digits.url}/static/upload.js")
+    assert js.status_code == 200 and "fetch" in js.text
+    missing = requests.get(f"{digits.url}/nope")
+    assert missing.status_code == 404 and missing.json()["code"] == "not_found"
+
+
+def test_sixteen_clients_for_a_while_get_no_error(digits):
+    """16 concurrent keep-alive clients for LOAD_SECONDS (30 by default): every answer is right."""
+    _, _, images, labels = heldout_split()
+    payloads = [(render_png(img), str(lab)) for img, lab in zip(images[:64], labels[:64])]
+    stop_at = time.monotonic() + LOAD_SECONDS
+    failures: list[str] = []
+    counts = []
+    lock = threading.Lock()
+
+    def client(index: int) -> None:
+        done = 0
+        with requests.Session() as session:
+            while time.monotonic() < stop_at:
+                png, label = payloads[(index + done) % len(payloads)]
+                response = session.post(f"{digits.url}/predict", files={"image": ("d.png", png)}, timeout=30)
+                if response.status_code != 200:
+                    with lock:
+                        failures.append(f"{response.status_code} {response.text[:200]}")
+                done += 1
+        counts.append(done)
+
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(client, range(16)))
+    assert not failures, failures[:5]
+    assert sum(counts) > 16
+
+
+def test_user_imagenet_model_with_symmetric_preprocessing(start_server, mobilenet_path):
+    """`PORT=... MODEL_PATH=mobilenet.keras PREPROCESS=symmetric make run`: 224x224 RGB, 1000 classes."""
+    server = start_server({"MODEL_PATH": str(mobilenet_path), "PREPROCESS": "symmetric"}, name="mobilenet")
+    rng = np.random.default_rng(1)
+    photo = jpeg_bytes(rng.integers(0, 255, (300, 400, 3), dtype=np.uint8))
+    response = requests.post(f"{server.url}/predict", files={"image": ("p.jpg", photo)}, timeout=60)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["model"] == "mobilenet"
+    assert len(body["predictions"]) == 5
+    assert all(0 <= p["index"] < 1000 for p in body["predictions"])
+    # the same numbers as the model run in-process on the same preprocessing
+    import keras  # noqa: PLC0415
+
+    from app.images import decode_image  # noqa: PLC0415
+    from app.preprocess import normalize  # noqa: PLC0415
+
+    model = keras.models.load_model(mobilenet_path)
+    pixels = decode_image(photo, (224, 224), 3, 10**8)
+    expected = model(normalize(pixels, "symmetric", "float32")[None], training=False).numpy()[0]
+    for p in body["predictions"]:
+        assert p["score"] == pytest.approx(float(expected[p["index"]]), abs=1e-4)
+    assert body["predictions"][0]["index"] == int(np.argmax(expected))
+    info = requests.get(server.url).text
+    assert "224" in info and "symmetric" in info
+
+
+def test_tabular_model_takes_instances_in_worker_mode(start_server, tabular_path):
+    """A non-image model, served with the per-worker backend (INFERENCE_MODE=worker)."""
+    server = start_server({"MODEL_PATH": str(tabular_path), "INFERENCE_MODE": "worker"}, name="tabular")
+    rows = np.random.default_rng(2).normal(size=(3, 8)).round(3).tolist()
+    response = requests.post(f"{server.url}/predict", json={"instances": rows})
+    assert response.status_code == 200, response.text
+    predictions = response.json()["predictions"]
+    assert np.asarray(predictions).shape == (3, 3)
+    np.testing.assert_allclose(np.sum(predictions, axis=1), 1.0, atol=1e-5)
+    bad = requests.post(f"{server.url}/predict", json={"instances": [[1.0] * 7]})
+    assert bad.status_code == 422 and bad.json()["code"] == "invalid_shape"
+    image = requests.post(f"{server.url}/predict", files={"image": ("x.png", png_bytes(np.zeros((8, 8), np.uint8)))})
+    assert image.status_code == 422 and image.json()["code"] == "not_an_image_model"
+    assert requests.get(f"{server.url}/health/ready").json()["mode"] == "worker"
+
+
+def test_model_that_fails_to_load_is_not_ready_and_does_not_crash_loop(start_server, model_dir):
+    broken = model_dir / "broken.keras"
+    broken.write_bytes(b"this is not a keras file")
+    server = start_server({"MODEL_PATH": str(broken)}, wait_ready=False, name="broken")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            ready = requests.get(f"{server.url}/health/ready", timeout=5)
+            if ready.json().get("state") == "failed":
+                break
+        except (requests.ConnectionError, ValueError):
+            pass
+        time.sleep(0.5)
+    assert ready.status_code == 503 and ready.json()["state"] == "failed", ready.text
+    assert "broken.keras" in ready.json()["error"]
+    first_mule = server.mule_pid()
+    response = requests.post(f"{server.url}/predict", files={"image": ("x.png", png_bytes(np.zeros((8, 8), np.uint8)))})
+    assert response.status_code == 503 and response.json()["code"] == "not_ready"
+    assert "Retry-After" in response.headers
+    time.sleep(2)
+    assert server.mule_pid() == first_mule  # alive and waiting, not respawning
+    assert "model failed to load" in server.log(100_000)
+
+
+def test_sigterm_finishes_in_flight_requests_then_exits_cleanly(start_server):
+    server = start_server({"WORKERS": "1", "THREADS": "2"}, name="drain")
+    png = render_png(heldout_split()[2][0])
+    results = []
+
+    def slow_client():
+        # several images in one request keep the server busy across the SIGTERM
+        files = [("image", ("d.png", png))] * 64
+        results.append(requests.post(f"{server.url}/predict", files=files, timeout=60).status_code)
+
+    thread = threading.Thread(target=slow_client)
+    thread.start()
+    time.sleep(0.05)
+    code = server.stop()
+    thread.join(60)
+    assert results == [200]
+    assert code == 0, server.log()
