@@ -10,7 +10,7 @@ from flask import Blueprint, current_app, jsonify, render_template, request
 from app.config import Settings
 from app.errors import ApiError
 from app.images import decode_image
-from app.inference.backend import Backend, NotReady
+from app.inference.backend import Backend, DeadlineExceeded, NotReady
 from app.inference.spec import ModelSpec
 from app.inputs import instances_to_tensor, parse_inputs
 from app.outputs import raw_rows, top_k
@@ -73,6 +73,8 @@ def _image_rows(images: list[bytes], spec: ModelSpec, settings: Settings) -> np.
 def predict():
     settings = _settings()
     deadline = _deadline(settings)
+    if time.monotonic() >= deadline:  # shed work that waited in the queue past its deadline
+        raise DeadlineExceeded("the request waited longer than REQUEST_TIMEOUT_MS before it started")
     spec = _ready_spec()
     inputs, raw_instances = parse_inputs(request, settings.max_inputs_per_request)
     k = _top_k_param(settings)
@@ -113,7 +115,7 @@ def ready():
 @bp.get("/stats")
 def stats():
     backend = _backend()
-    status = backend.status()
+    status = backend.status(fresh=True)
     return jsonify(model=_settings().model_name, mode=backend.mode, state=status.state, **status.stats)
 
 

@@ -74,8 +74,9 @@ class Status:
 class Backend(Protocol):
     mode: str
 
-    def status(self) -> Status:
-        """Where the model stands; cheap enough for every readiness probe."""
+    def status(self, fresh: bool = False) -> Status:
+        """Where the model stands; cheap enough for every readiness probe. `fresh` asks for
+        up-to-date statistics even when a cached answer would do."""
         ...
 
     def predict(self, rows: np.ndarray, deadline: float) -> Prediction:

@@ -42,7 +42,7 @@ class LocalBackend:
             self._error = f"{type(exc).__name__}: {exc}"
             log.exception("model failed to load")
 
-    def status(self) -> Status:
+    def status(self, fresh: bool = False) -> Status:
         if self._runner is not None:
             return Status("ready", spec=self._runner.spec, stats={"requests": self._requests})
         return Status("failed" if self._error else "loading", error=self._error)
