@@ -52,7 +52,7 @@ class Server:
         self.process: subprocess.Popen | None = None
 
     def start(self, wait_ready: bool = True, timeout: float = 120) -> Server:
-        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self._log = open(self.log_path, "wb")  # closed in stop()
         self.process = subprocess.Popen(
             [sys.executable, "-m", "app.launch"], cwd=PROJECT_ROOT, env=self.env,
             stdout=self._log, stderr=subprocess.STDOUT,

@@ -102,7 +102,8 @@ def test_killing_the_mule_under_load_gives_clean_503s_then_recovery(server, digi
                     outcomes[f"{response.status_code} {body['code']}"] += 1
                     if response.status_code == 503:
                         assert "Retry-After" in response.headers
-                    slow.append(elapsed) if elapsed > 5 else None
+                    if elapsed > 5:
+                        slow.append(elapsed)
 
     threads = [threading.Thread(target=client, args=(i,)) for i in range(8)]
     for thread in threads:
@@ -114,7 +115,8 @@ def test_killing_the_mule_under_load_gives_clean_503s_then_recovery(server, digi
     while time.monotonic() < deadline:
         time.sleep(0.5)
         try:
-            if requests.get(f"{server.url}/health/ready", timeout=5).status_code == 200 and server.mule_pid() != old_mule:
+            ready = requests.get(f"{server.url}/health/ready", timeout=5).status_code == 200
+            if ready and server.mule_pid() != old_mule:
                 recovered = True
                 break
         except requests.RequestException:
@@ -160,7 +162,8 @@ def test_killing_a_worker_mid_request_leaves_no_wedged_slot(server, digit_pngs):
 
 def test_deadline_answers_504(start_server, digit_pngs):
     """A request that cannot be answered within REQUEST_TIMEOUT_MS gets 504, and the server goes on."""
-    server = start_server({"REQUEST_TIMEOUT_MS": "1", "WORKERS": "1", "THREADS": "2"}, wait_ready=False, name="deadline")
+    env = {"REQUEST_TIMEOUT_MS": "1", "WORKERS": "1", "THREADS": "2"}
+    server = start_server(env, wait_ready=False, name="deadline")
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
         try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import os
+import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -111,7 +112,7 @@ def test_sixteen_clients_for_a_while_get_no_error(digits):
         done = 0
         with requests.Session() as session:
             while time.monotonic() < stop_at:
-                png, label = payloads[(index + done) % len(payloads)]
+                png, _ = payloads[(index + done) % len(payloads)]
                 response = session.post(f"{digits.url}/predict", files={"image": ("d.png", png)}, timeout=30)
                 if response.status_code != 200:
                     with lock:
@@ -209,3 +210,19 @@ def test_sigterm_finishes_in_flight_requests_then_exits_cleanly(start_server):
     thread.join(60)
     assert results == [200]
     assert code == 0, server.log()
+
+
+def test_a_process_that_fails_for_good_stops_the_whole_server(start_server):
+    """nginx cannot bind (the port is taken): supervisord gives up, and app.launch exits 1."""
+    with socket.socket() as taken:
+        taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        server = Server({"PORT": str(taken.getsockname()[1])}, name="fatal")
+        server.start(wait_ready=False)
+        try:
+            code = server.process.wait(90)
+        finally:
+            server.stop()
+    assert code == 1, server.log()
+    assert "failed for good" in server.log()
