@@ -14,6 +14,7 @@ import pwd
 import re
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -36,11 +37,36 @@ def render_nginx(template: str, values: dict[str, str]) -> str:
     return re.sub(r"\$\{([A-Z_]+)\}", fill, template)
 
 
-def service_user() -> str:
-    """uWSGI and nginx workers never run as root: as root, drop to KERASRV_USER (default nobody)."""
-    if os.geteuid() == 0:
-        return os.environ.get("KERASRV_USER", "nobody")
-    return pwd.getpwuid(os.geteuid()).pw_name
+def service_user(settings: Settings) -> str:
+    """uWSGI and the nginx workers never run as root when they need not.
+
+    As root: KERASRV_USER if set (the image sets `kerasrv`); otherwise `nobody`, unless the
+    project or the model sits where `nobody` cannot read it (say, under /root), in which case
+    they stay root with a warning rather than fail to start.
+    """
+    if os.geteuid() != 0:
+        return pwd.getpwuid(os.geteuid()).pw_name
+    if os.environ.get("KERASRV_USER"):
+        return os.environ["KERASRV_USER"]
+    if _readable_by_others(PROJECT_ROOT) and _readable_by_others(settings.model_path):
+        return "nobody"
+    print(
+        f"kerasrv: warning: {PROJECT_ROOT} or {settings.model_path} is not readable by other users;"
+        " uWSGI runs as root. Set KERASRV_USER to a user that can read them.",
+        file=sys.stderr,
+    )
+    return "root"
+
+
+def _readable_by_others(path: Path) -> bool:
+    """Every parent directory is enterable and the path itself readable by any user."""
+    path = path.resolve()
+    try:
+        if not path.stat().st_mode & stat.S_IROTH:
+            return False
+        return all(parent.stat().st_mode & stat.S_IXOTH for parent in path.parents)
+    except OSError:
+        return False
 
 
 def prepare(settings: Settings, env: dict[str, str]) -> dict[str, str]:
@@ -49,7 +75,7 @@ def prepare(settings: Settings, env: dict[str, str]) -> dict[str, str]:
     for sub in ("", "nginx", "nginx/body", "nginx/temp"):
         (runtime / sub).mkdir(parents=True, exist_ok=True)
     (runtime / FATAL_MARKER).unlink(missing_ok=True)
-    user = service_user()
+    user = service_user(settings)
     if os.geteuid() == 0:
         # the unprivileged uWSGI creates its sockets here
         shutil.chown(runtime, user=user)

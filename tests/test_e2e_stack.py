@@ -105,25 +105,29 @@ def test_sixteen_clients_for_a_while_get_no_error(digits):
     payloads = [(render_png(img), str(lab)) for img, lab in zip(images[:64], labels[:64])]
     stop_at = time.monotonic() + LOAD_SECONDS
     failures: list[str] = []
-    counts = []
+    counts: list[tuple[int, int]] = []
     lock = threading.Lock()
 
     def client(index: int) -> None:
-        done = 0
+        done = correct = 0
         with requests.Session() as session:
             while time.monotonic() < stop_at:
-                png, _ = payloads[(index + done) % len(payloads)]
+                png, label = payloads[(index + done) % len(payloads)]
                 response = session.post(f"{digits.url}/predict", files={"image": ("d.png", png)}, timeout=30)
                 if response.status_code != 200:
                     with lock:
                         failures.append(f"{response.status_code} {response.text[:200]}")
+                else:
+                    correct += response.json()["predictions"][0]["label"] == label
                 done += 1
-        counts.append(done)
+        counts.append((done, correct))
 
     with ThreadPoolExecutor(16) as pool:
         list(pool.map(client, range(16)))
     assert not failures, failures[:5]
-    assert sum(counts) > 16
+    total, correct = map(sum, zip(*counts))
+    assert total > 16
+    assert correct / total >= 0.95  # answers under load are the right answers, not just 200s
 
 
 def test_user_imagenet_model_with_symmetric_preprocessing(start_server, mobilenet_path):
