@@ -123,7 +123,8 @@ class Settings:
         model_path = Path(env.get("MODEL_PATH", "").strip() or DEMO_MODEL).expanduser()
         if not model_path.is_absolute():
             model_path = (Path.cwd() / model_path).resolve()
-        stem = model_path.name.split(".")[0] if model_path.suffix else model_path.name
+        # the file name without its extension ("resnet-v1.5.keras" -> "resnet-v1.5"); a SavedModel directory has none
+        stem = model_path.name if model_path.is_dir() else model_path.stem
         labels_raw = env.get("LABELS_PATH", "").strip()
         if labels_raw:
             labels_path: Path | None = Path(labels_raw).expanduser().resolve()

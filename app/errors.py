@@ -53,7 +53,11 @@ def register_error_handlers(app: Flask) -> None:
             message = "request body too large"
         else:
             message = err.description or err.name
-        return _render(status, _HTTP_CODES.get(status, "http_error"), message)
+        response = _render(status, _HTTP_CODES.get(status, "http_error"), message)
+        for name, value in err.get_headers():  # e.g. Allow on 405
+            if name.lower() not in ("content-type", "content-length"):
+                response.headers[name] = value
+        return response
 
     @app.errorhandler(Exception)
     def _unexpected(err: Exception):

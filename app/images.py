@@ -10,7 +10,7 @@ import io
 import warnings
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from app.errors import ApiError
 
@@ -55,7 +55,9 @@ def decode_image(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             # JPEG can decode at 1/2, 1/4, 1/8 scale for free when the target is much smaller.
-            image.draft("RGB" if channels >= 3 else "L", (target_w, target_h))
+            # The draft size is in stored (pre-rotation) pixels: swap it when EXIF turns the image by 90 degrees.
+            turned = image.getexif().get(ExifTags.Base.Orientation) in (5, 6, 7, 8)
+            image.draft("RGB" if channels >= 3 else "L", (target_h, target_w) if turned else (target_w, target_h))
             image = ImageOps.exif_transpose(image)
             image = _to_mode(image, "L" if channels == 1 else ("RGBA" if channels == 4 else "RGB"))
             image = _resize(image, (target_w, target_h), resize_mode)
@@ -73,7 +75,8 @@ def _to_mode(image: Image.Image, mode: str) -> Image.Image:
     if image.mode in _SIXTEEN_BIT_MODES:
         # Pillow's convert("L") clips 16-bit values at 255; scale to 8 bits instead.
         wide = np.asarray(image, dtype=np.int64)
-        peak = 65535 if wide.max(initial=0) > 255 else 255
+        # I;16 modes are 16-bit by definition (a dark one must stay dark); only 32-bit "I" has to be guessed.
+        peak = 65535 if image.mode != "I" or wide.max(initial=0) > 255 else 255
         image = Image.fromarray((wide * 255 // peak).clip(0, 255).astype(np.uint8), "L")
     elif image.mode == "F":
         image = Image.fromarray(np.asarray(image).clip(0, 255).astype(np.uint8), "L")

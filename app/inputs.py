@@ -113,7 +113,8 @@ def instances_to_tensor(raw: list, spec: ModelSpec) -> np.ndarray:
     """Check JSON instances against the model's input shape and dtype; 422 when they do not fit."""
     expected = (len(raw), *spec.input.shape)
     try:
-        tensor = np.asarray(raw, dtype=spec.input.dtype)
+        with np.errstate(over="ignore"):  # values too large for the dtype become inf: refused below
+            tensor = np.asarray(raw, dtype=spec.input.dtype)
     except (ValueError, TypeError, OverflowError):
         raise ApiError(
             422, "invalid_shape",
@@ -126,5 +127,5 @@ def instances_to_tensor(raw: list, spec: ModelSpec) -> np.ndarray:
             f"instances have shape {list(tensor.shape[1:])}; the model takes {list(spec.input.shape)}",
         )
     if np.issubdtype(tensor.dtype, np.floating) and not np.isfinite(tensor).all():
-        raise ApiError(422, "invalid_value", "instances contain NaN or infinity")
+        raise ApiError(422, "invalid_value", f"instances contain NaN, infinity or values too large for {spec.input.dtype}")
     return tensor

@@ -49,7 +49,7 @@ def _top_k_param(settings: Settings) -> int:
     raw = request.args.get("top_k")
     if raw is None:
         return settings.default_top_k
-    if not raw.isdigit() or int(raw) < 1:
+    if not (raw.isascii() and raw.isdigit()) or int(raw) < 1:
         raise ApiError(400, "invalid_parameter", f"top_k must be a positive integer, got {raw!r}")
     return int(raw)
 

@@ -66,8 +66,8 @@ class BatchPolicy:
             return decision
         rows, count = 0, 0
         for pending in self.queue:
-            if rows + pending.rows > self.max_batch:
-                break
+            if count and rows + pending.rows > self.max_batch:
+                break  # (an oversized first request still runs alone rather than stall the queue)
             rows += pending.rows
             count += 1
         oldest = self.queue[0].arrival
