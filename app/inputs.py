@@ -127,5 +127,7 @@ def instances_to_tensor(raw: list, spec: ModelSpec) -> np.ndarray:
             f"instances have shape {list(tensor.shape[1:])}; the model takes {list(spec.input.shape)}",
         )
     if np.issubdtype(tensor.dtype, np.floating) and not np.isfinite(tensor).all():
-        raise ApiError(422, "invalid_value", f"instances contain NaN, infinity or values too large for {spec.input.dtype}")
+        raise ApiError(
+            422, "invalid_value", f"instances contain NaN, infinity or values too large for {spec.input.dtype}"
+        )
     return tensor
