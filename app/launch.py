@@ -17,6 +17,7 @@ import signal
 import stat
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 from app.config import PROJECT_ROOT, ConfigError, Settings
@@ -123,6 +124,21 @@ def prepare(settings: Settings, env: dict[str, str]) -> dict[str, str]:
     return env
 
 
+def _pipe_if_socket(fd: int) -> int | None:
+    """supervisord.conf logs to /dev/stdout and /dev/stderr, which Linux cannot open on a socket
+    (ENXIO), as systemd's journal gives us. Then hand supervisord a pipe, relayed by a thread."""
+    if not stat.S_ISSOCK(os.fstat(fd).st_mode):
+        return None
+    read_end, write_end = os.pipe()
+
+    def relay() -> None:
+        while chunk := os.read(read_end, 65536):
+            os.write(fd, chunk)
+
+    threading.Thread(target=relay, name=f"relay-{fd}", daemon=True).start()
+    return write_end
+
+
 def main() -> int:
     try:
         settings = Settings.from_env()
@@ -137,7 +153,8 @@ def main() -> int:
     )
     supervisord = Path(sys.executable).parent / "supervisord"
     child = subprocess.Popen(
-        [str(supervisord), "--nodaemon", "-c", str(PROJECT_ROOT / "supervisord.conf")], env=env
+        [str(supervisord), "--nodaemon", "-c", str(PROJECT_ROOT / "supervisord.conf")], env=env,
+        stdout=_pipe_if_socket(1), stderr=_pipe_if_socket(2),
     )
 
     def forward(signum, _frame):
