@@ -1,0 +1,1 @@
+"""Benchmarks of kerasrv, run on demand with `python -m bench.run` (`make bench`), never as a timed test."""

@@ -1,0 +1,171 @@
+"""The in-process ceiling: decode + preprocess 16 photos, one model call on them, serially, in a loop.
+
+This is the most a single process doing the server's work (the same decode_image, normalize and
+load_runner as the mule) can deliver on this machine, with no HTTP, no IPC and no idle time.
+It runs in its own long-lived subprocess, so its TensorFlow runtime does not share a process with
+the load generator, and it is told when to run over stdin so its windows alternate with the
+server's. Protocol: one JSON object per line each way.
+
+    -> {"cmd": "latency1", "n": 30}      <- {"latency1_ms": ..., "samples_ms": [...]}
+    -> {"cmd": "window", "seconds": 5}   <- {"images": ..., "seconds": ..., "img_per_s": ..., ...}
+    -> {"cmd": "quit"}
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+from app.config import PROJECT_ROOT, Settings
+
+BATCH = 16
+
+
+class Ceiling:
+    """Client side: starts `python -m bench.ceiling MODEL` and sends it commands."""
+
+    def __init__(self, model_path: Path, cpus: str | None = None, timeout: float = 300):
+        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+        command = [sys.executable, "-m", "bench.ceiling", str(model_path)]
+        if cpus:
+            command = ["taskset", "-c", cpus, *command]
+        self.process = subprocess.Popen(
+            command, cwd=PROJECT_ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        )
+        self.timeout = timeout
+        self.info = self._read()
+
+    def _read(self) -> dict[str, Any]:
+        """One answer line; a ceiling process that hangs or dies ends the benchmark instead of stalling it."""
+        ready, _, _ = select.select([self.process.stdout], [], [], self.timeout)
+        if not ready:
+            self.process.kill()
+            raise RuntimeError(f"the ceiling process did not answer within {self.timeout}s")
+        line = self.process.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the ceiling process exited with {self.process.wait(self.timeout)}")
+        return json.loads(line)
+
+    def _ask(self, command: dict[str, Any]) -> dict[str, Any]:
+        self.process.stdin.write(json.dumps(command) + "\n")
+        self.process.stdin.flush()
+        return self._read()
+
+    def latency1(self, n: int = 30) -> dict[str, Any]:
+        return self._ask({"cmd": "latency1", "n": n})
+
+    def window(self, seconds: float) -> dict[str, Any]:
+        return self._ask({"cmd": "window", "seconds": seconds})
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            try:
+                self.process.stdin.write(json.dumps({"cmd": "quit"}) + "\n")
+                self.process.stdin.close()
+                self.process.wait(30)
+            except (OSError, subprocess.TimeoutExpired):
+                self.process.kill()
+                self.process.wait()
+
+
+class _Worker:
+    """Server side: the same load_runner, decode_image and normalize that the server uses."""
+
+    def __init__(self, model_path: Path):
+        from app.inference.model_runner import load_runner  # noqa: PLC0415 - the only TensorFlow import
+        from bench.model import photos  # noqa: PLC0415
+
+        self.settings = Settings.from_env({"MODEL_PATH": str(model_path), "PREPROCESS": "symmetric"})
+        started = time.perf_counter()
+        self.runner = load_runner(self.settings)
+        self.load_s = time.perf_counter() - started
+        self.spec = self.runner.spec
+        self.photos = photos()
+        self.rows = np.empty((BATCH, *self.spec.input.shape), dtype=self.spec.input.dtype)
+
+    def _prepare(self, count: int, offset: int = 0) -> None:
+        from app.images import decode_image  # noqa: PLC0415
+        from app.preprocess import normalize  # noqa: PLC0415
+
+        height, width, channels = self.spec.input.shape
+        for i in range(count):
+            data = self.photos[(offset + i) % len(self.photos)]
+            pixels = decode_image(data, (height, width), channels, self.settings.max_image_pixels,
+                                  self.settings.resize_mode)
+            normalize(pixels, self.spec.preprocess, self.spec.input.dtype, out=self.rows[i])
+
+    def latency1(self, n: int) -> dict[str, Any]:
+        samples = []
+        for i in range(n):
+            started = time.perf_counter()
+            self._prepare(1, offset=i)
+            self.runner.run(self.rows[:1])
+            samples.append((time.perf_counter() - started) * 1000)
+        return {"latency1_ms": statistics.median(samples), "samples_ms": [round(s, 3) for s in samples]}
+
+    def window(self, seconds: float) -> dict[str, Any]:
+        """Whole batches until `seconds` have passed; the rate counts only batches that finished."""
+        prepare_ms, model_ms = [], []
+        started = time.perf_counter()
+        deadline = started + seconds
+        batches = 0
+        while time.perf_counter() < deadline:
+            t0 = time.perf_counter()
+            self._prepare(BATCH, offset=batches)
+            t1 = time.perf_counter()
+            self.runner.run(self.rows)
+            t2 = time.perf_counter()
+            prepare_ms.append((t1 - t0) * 1000)
+            model_ms.append((t2 - t1) * 1000)
+            batches += 1
+        elapsed = time.perf_counter() - started
+        return {
+            "images": batches * BATCH,
+            "batches": batches,
+            "seconds": elapsed,
+            "img_per_s": batches * BATCH / elapsed,
+            "prepare_ms_per_batch": statistics.median(prepare_ms),
+            "model_ms_per_batch": statistics.median(model_ms),
+        }
+
+
+def _serve(model_path: Path, out: IO[str]) -> None:
+    import keras  # noqa: PLC0415
+    import tensorflow as tf  # noqa: PLC0415
+
+    worker = _Worker(model_path)
+
+    def send(message: dict[str, Any]) -> None:
+        out.write(json.dumps(message) + "\n")
+        out.flush()
+
+    send({
+        "ready": True, "load_s": worker.load_s, "tf_version": tf.__version__, "keras_version": keras.__version__,
+        "input": list(worker.spec.input.shape), "buckets": list(worker.runner.buckets), "batch": BATCH,
+    })
+    for line in sys.stdin:
+        command = json.loads(line)
+        if command["cmd"] == "quit":
+            return
+        if command["cmd"] == "latency1":
+            send(worker.latency1(int(command.get("n", 30))))
+        elif command["cmd"] == "window":
+            send(worker.window(float(command["seconds"])))
+        else:
+            send({"error": f"unknown command {command['cmd']!r}"})
+
+
+if __name__ == "__main__":
+    # The protocol owns the real stdout; anything a library prints goes to stderr instead.
+    protocol = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
+    _serve(Path(sys.argv[1]), protocol)

@@ -1,0 +1,301 @@
+"""Turn the raw windows into the summary, the target checks, and the JSON, Markdown and PNG files.
+
+Every comparison with the ceiling is made within a pair (a ceiling window and the server window
+right after it) and then the median over pairs is taken, because the machine's speed drifts more
+between minutes than the differences being measured.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import statistics
+from pathlib import Path
+from typing import Any
+
+# The issue's targets for mule mode, and what it measured for other servers on this machine.
+THROUGHPUT_TARGET = 1.0  # x ceiling at c=16 and c=32
+P50_FACTOR, P50_SLACK_MS = 1.10, 3.0  # p50 at c=1 <= 1.10 x batch-1 latency + 3 ms
+P99_FACTOR = 1.3  # p99 at c=16 <= 1.3 x (16 / ceiling img/s)
+REFERENCE = "Triton's dynamic batcher: ~0.9-0.95x the ceiling at c=16-32; the per-request recipe: ~0.55-0.6x"
+
+
+def _median(values: list[float | None]) -> float | None:
+    kept = [v for v in values if v is not None]
+    return statistics.median(kept) if kept else None
+
+
+def summarize(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per (kind, concurrency): medians over the pairs."""
+    rows = []
+    for kind in results["kinds"]:
+        for row in kind["rows"]:
+            pairs = row["pairs"]
+            concurrency = row["concurrency"]
+            ceiling = [p["ceiling"]["img_per_s"] for p in pairs]
+            rows.append({
+                "kind": kind["kind"],
+                "concurrency": concurrency,
+                "pairs": len(pairs),
+                "rejected": len(row.get("rejected", [])),
+                "rps": _median([p["server"]["rps"] for p in pairs]),
+                "ratio": _median([p["ratio"] for p in pairs]),
+                "ratio_min": min(p["ratio"] for p in pairs),
+                "ratio_max": max(p["ratio"] for p in pairs),
+                "ceiling_img_s": _median(ceiling),
+                "ceiling_min": min(ceiling),
+                "ceiling_max": max(ceiling),
+                "latency1_ms": _median([p["latency1_ms"] for p in pairs]),
+                "p50_ms": _median([p["server"]["p50_ms"] for p in pairs]),
+                "p90_ms": _median([p["server"]["p90_ms"] for p in pairs]),
+                "p99_ms": _median([p["server"]["p99_ms"] for p in pairs]),
+                # p50 over the batch-1 latency of the same pair (meaningful at c=1)
+                "p50_over_latency1": _median([p["server"]["p50_ms"] / p["latency1_ms"] for p in pairs]),
+                "p50_over_target": _median([
+                    p["server"]["p50_ms"] / (P50_FACTOR * p["latency1_ms"] + P50_SLACK_MS) for p in pairs
+                ]),
+                # fair share: c requests in flight served at the ceiling's rate take c / ceiling each
+                "fair_share_ms": _median([1000 * concurrency / p["ceiling"]["img_per_s"] for p in pairs]),
+                "p99_over_fair": _median([
+                    p["server"]["p99_ms"] / (1000 * concurrency / p["ceiling"]["img_per_s"]) for p in pairs
+                ]),
+                "mean_batch": _median([p["batches"]["mean_batch"] for p in pairs]),
+                "errors": sum(p["server"]["errors"] for p in pairs),
+                "requests": sum(p["server"]["requests"] for p in pairs),
+                "rss_mb": _median([p["memory"]["rss_mb"] for p in pairs]),
+                "pss_mb": _median([p["memory"]["pss_mb"] for p in pairs]),
+                "tensorflow_processes": max(p["memory"]["tensorflow_processes"] for p in pairs),
+                "server_cpu_cores": _median([p["server_cpu_cores"] for p in pairs]),
+                "ceiling_cpu_cores": _median([p["ceiling"]["cpu_cores"] for p in pairs]),
+                "other_cpu_server": _median([p["other_cpu_cores"] for p in pairs]),
+                "other_cpu_ceiling": _median([p["ceiling"]["other_cpu_cores"] for p in pairs]),
+                "client_cpu_share": _median([p["server"]["client_cpu_s"] / p["server"]["seconds"] for p in pairs]),
+            })
+    return rows
+
+
+def _row(summary: list[dict[str, Any]], kind: str, concurrency: int) -> dict[str, Any] | None:
+    return next((r for r in summary if r["kind"] == kind and r["concurrency"] == concurrency), None)
+
+
+def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The issue's checks for mule mode; a row that was not measured is reported, not passed."""
+    summary = results["summary"]
+    checks = []
+
+    def add(name: str, row: dict[str, Any] | None, ok: bool | None, detail: str) -> None:
+        checks.append({"target": name, "result": "NOT MEASURED" if row is None else ("PASS" if ok else "FAIL"),
+                       "detail": detail if row is not None else "row not measured"})
+
+    for concurrency in (16, 32):
+        row = _row(summary, "mule", concurrency)
+        add(f"throughput at c={concurrency} >= {THROUGHPUT_TARGET:.1f} x ceiling", row,
+            row and row["ratio"] >= THROUGHPUT_TARGET,
+            row and f"median paired ratio {row['ratio']:.2f} (range {row['ratio_min']:.2f}-{row['ratio_max']:.2f});"
+                    f" {row['rps']:.1f} req/s vs ceiling {row['ceiling_img_s']:.1f} img/s")
+    row = _row(summary, "mule", 1)
+    add(f"p50 at c=1 <= {P50_FACTOR:.2f} x batch-1 latency + {P50_SLACK_MS:.0f} ms", row,
+        row and row["p50_over_target"] <= 1.0,
+        row and f"p50 {row['p50_ms']:.1f} ms; batch-1 latency {row['latency1_ms']:.1f} ms, so the limit is"
+                f" {P50_FACTOR * row['latency1_ms'] + P50_SLACK_MS:.1f} ms (median paired p50/limit"
+                f" {row['p50_over_target']:.2f}; p50/batch-1 {row['p50_over_latency1']:.2f})")
+    row = _row(summary, "mule", 16)
+    add(f"p99 at c=16 <= {P99_FACTOR} x (16 / ceiling)", row,
+        row and row["p99_over_fair"] <= P99_FACTOR,
+        row and f"p99 {row['p99_ms']:.0f} ms; fair share 16 / {row['ceiling_img_s']:.1f} img/s ="
+                f" {row['fair_share_ms']:.0f} ms; median paired p99/fair share {row['p99_over_fair']:.2f}")
+    mule_rows = [r for r in summary if r["kind"] == "mule"]
+    worker_rows = [r for r in summary if r["kind"] == "worker"]
+    probes = [p for p in results.get("memory_probe", []) if "memory" in p]
+    copies = [r["tensorflow_processes"] for r in mule_rows] + [p["memory"]["tensorflow_processes"] for p in probes]
+    detail = []
+    if mule_rows:
+        detail.append(f"mule mode RSS {_median([r['rss_mb'] for r in mule_rows]):.0f} MB,"
+                      f" PSS {_median([r['pss_mb'] for r in mule_rows]):.0f} MB")
+    if worker_rows:
+        detail.append(f"worker mode RSS {_median([r['rss_mb'] for r in worker_rows]):.0f} MB,"
+                      f" PSS {_median([r['pss_mb'] for r in worker_rows]):.0f} MB,"
+                      f" {max(r['tensorflow_processes'] for r in worker_rows)} processes with TensorFlow")
+    for probe in probes:
+        detail.append(f"mule with {probe['workers']} workers: RSS {probe['memory']['rss_mb']:.0f} MB,"
+                      f" PSS {probe['memory']['pss_mb']:.0f} MB, {probe['memory']['tensorflow_processes']}"
+                      " process with TensorFlow")
+    add("one model copy in mule mode whatever the worker count", mule_rows[0] if mule_rows else None,
+        bool(copies) and all(c == 1 for c in copies),
+        f"processes with TensorFlow loaded in mule mode: {sorted(set(copies))} in every measured window and"
+        f" probe; " + "; ".join(detail))
+    return checks
+
+
+def _fmt(value: float | None, digits: int = 1) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def markdown(results: dict[str, Any]) -> str:
+    info, settings = results["machine"], results["settings"]
+    lines = [
+        f"# kerasrv benchmark, {results['date']}",
+        "",
+        f"MobileNetV2 (224x224x3, 1000 classes, random weights), JPEG photos `{'`, `'.join(settings['photos'])}`"
+        f" from scikit-learn. {info['nproc']} cores ({info['cpu_model']}), {info['memory_gb']} GB,"
+        f" Python {info['python']}, TensorFlow {info['tensorflow']}, Keras {info['keras']}."
+        f" {settings['pairs']} pairs of {settings['window_s']:g} s windows per row; run took"
+        f" {results['duration_s'] / 60:.0f} min.",
+        "",
+        "| kind | c | req/s | x ceiling | ceiling img/s | p50 ms | p90 ms | p99 ms | p99 / fair share"
+        " | p50 / batch-1 | mean batch | errors | RSS MB | PSS MB | CPU cores ceiling / server | other load"
+        " | pairs (rejected) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    window_ms = 1000 * settings["window_s"]
+    truncated = False
+    for row in results["summary"]:
+        # requests still in flight when a window ends are not counted: near the window's length,
+        # the slowest requests are missing and the percentiles are too low
+        mark = " †" if row["p99_ms"] is not None and row["p99_ms"] > 0.5 * window_ms else ""
+        truncated = truncated or bool(mark)
+        lines.append(
+            f"| {row['kind']} | {row['concurrency']} | {_fmt(row['rps'])} | {_fmt(row['ratio'], 2)}"
+            f" | {_fmt(row['ceiling_img_s'])} | {_fmt(row['p50_ms'])} | {_fmt(row['p90_ms'])} | {_fmt(row['p99_ms'])}{mark}"
+            f" | {_fmt(row['p99_over_fair'], 2)}"
+            f" | {_fmt(row['p50_over_latency1'], 2) if row['concurrency'] == 1 else ''}"
+            f" | {_fmt(row['mean_batch'], 2)} | {row['errors']} | {_fmt(row['rss_mb'], 0)} | {_fmt(row['pss_mb'], 0)}"
+            f" | {_fmt(row['ceiling_cpu_cores'], 2)} / {_fmt(row['server_cpu_cores'], 2)}"
+            f" | {_fmt(row['other_cpu_ceiling'], 2)} / {_fmt(row['other_cpu_server'], 2)}"
+            f" | {row['pairs']} ({row['rejected']}) |"
+        )
+    if truncated:
+        lines += ["", f"† p99 above half the {settings['window_s']:g} s window: requests still in flight when a"
+                      " window ends are not counted, so the slowest ones are missing and these latencies are"
+                      " underestimates."]
+    lines += [
+        "",
+        "x ceiling: median over pairs of (server req/s) / (ceiling img/s of the window just before)."
+        " Fair share: c / ceiling img/s, the latency of c requests in flight served at the ceiling's rate."
+        " Other load: CPU cores used by processes that are neither the one measured nor the client"
+        " (median over the ceiling / server windows; this machine is shared). CPU cores: what the ceiling"
+        " process and the server's processes used, of the machine's"
+        f" {info['nproc']}.",
+        "",
+        f"Batch-1 latency of the ceiling (decode + preprocess + model, one image; median of"
+        f" {settings['latency_samples']}): {info['latency1_at_start']['latency1_ms']:.1f} ms at start.",
+        "",
+        "## Targets (mule mode)",
+        "",
+        "| target | result | measured |",
+        "|---|---|---|",
+    ]
+    lines += [f"| {c['target']} | **{c['result']}** | {c['detail']} |" for c in results["targets"]]
+    lines += ["", f"For reference, the issue reports {REFERENCE}.", ""]
+    problems = [(k["kind"], p) for k in results["kinds"] for p in k["problems"]]
+    problems += [(f"memory probe {p['workers']} workers", p["problem"]) for p in results["memory_probe"]
+                 if "problem" in p]
+    if problems:
+        lines += ["## Problems seen", ""] + [f"- {kind}: {text}" for kind, text in problems] + [""]
+    mule, worker = settings["servers"]["mule"], settings["servers"]["worker"]
+    client_share = max((r["client_cpu_share"] for r in results["summary"]), default=0.0)
+    client = (f"`wrk` ({info['client']}, one thread, a Lua script that POSTs the photos alternately as raw"
+              " `image/jpeg` bodies and counts non-200 answers)" if settings["client"] == "wrk"
+              else "a Python client (one thread and one `http.client` connection per concurrent client)")
+    pinned = f", pinned with `taskset` to CPU {settings['client_cpu']}" if settings["client_cpu"] else ""
+    lines += [
+        "## How measured",
+        "",
+        f"`python -m bench.run` measures everything in one run. The ceiling is a separate long-lived process"
+        f" that loads the model with the server's own `load_runner` and, serially, decodes and preprocesses"
+        f" {settings['ceiling']['batch']} photos (`decode_image` + `normalize`, `PREPROCESS=symmetric`), then"
+        " makes one model call on them, for the whole window; its batch-1 latency is the median time of one"
+        " image through the same steps. Each server is started alone (the others are stopped) and warmed"
+        f" up for {settings['warmup_s']:g} s at each concurrency. For every row, {settings['pairs']} pairs of"
+        f" [ceiling window, server window] of {settings['window_s']:g} s each alternate, and the ratio"
+        " server req/s / ceiling img/s is taken within each pair; the table shows medians over the pairs."
+        " After each server window the benchmark waits until the server's processes are idle (requests"
+        " still queued when the client hangs up are still served), so the next ceiling window runs alone."
+        f" The machine is shared: a pair during which other processes used more than {settings['max_other_load']:g}"
+        f" cores in either window is rejected and run again (at most {settings['retries']} times per row;"
+        " the last attempt is kept whatever the load); rejected pairs are in the JSON."
+        f" The client is {client}{pinned}: closed loop, keep-alive connections, only to 127.0.0.1; it used"
+        f" at most {client_share:.0%} of one core. Latencies are the client's, per request."
+        " Mean batch is rows / model calls from the mule's `/stats` over the window (1 without batching)."
+        " Memory is the total RSS and PSS (`/proc/PID/smaps_rollup`) of every process of the server"
+        " (launcher, supervisord, nginx, uWSGI master, workers, mule), read right after each window;"
+        " a process counts as holding a model copy when it maps TensorFlow."
+        f" Settings: mule mode WORKERS={mule['WORKERS']} THREADS={mule['THREADS']}"
+        f" MAX_BATCH_SIZE={mule['MAX_BATCH_SIZE']} (default buckets, BATCH_TIMEOUT_MS=0); worker mode"
+        f" WORKERS={worker['WORKERS']} THREADS=1 ({worker['WORKERS']} model copies); both behind nginx with"
+        " HOST=127.0.0.1 and LOG_LEVEL=info. The recipe is `bench/recipe_app.py` (Flask, model loaded at"
+        " import, PIL decode, `model.predict` per request) under `uwsgi --http-socket --processes 1"
+        " --need-app` without a master; that socket closes each connection after its answer, so it sends"
+        " `Connection: close` and the client reconnects.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def plot(results: dict[str, Any], path: Path) -> None:
+    import matplotlib  # noqa: PLC0415
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    summary = results["summary"]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8))
+    ceilings = [r["ceiling_img_s"] for r in summary]
+    if ceilings:
+        left.axhspan(min(r["ceiling_min"] for r in summary), max(r["ceiling_max"] for r in summary),
+                     color="0.85", label="ceiling (range of windows)")
+        left.axhline(statistics.median(ceilings), color="0.4", linestyle="--", label="ceiling (median)")
+    for kind in dict.fromkeys(r["kind"] for r in summary):
+        rows = [r for r in summary if r["kind"] == kind]
+        xs = [r["concurrency"] for r in rows]
+        left.plot(xs, [r["rps"] for r in rows], marker="o", label=kind)
+        right.plot(xs, [r["p99_ms"] for r in rows], marker="o", label=kind)
+    if ceilings:
+        xs = sorted({r["concurrency"] for r in summary})
+        median = statistics.median(ceilings)
+        right.plot(xs, [1000 * c / median for c in xs], color="0.4", linestyle="--", marker="x",
+                   label="fair share c / ceiling")
+    ticks = sorted({r["concurrency"] for r in summary})
+    for axis, title, unit in ((left, "throughput", "requests (images) / s"), (right, "p99 latency", "ms")):
+        axis.set_xscale("log", base=2)
+        axis.set_xticks(ticks, [str(t) for t in ticks])
+        axis.set_xlabel("concurrent clients")
+        axis.set_ylabel(unit)
+        axis.set_title(title)
+        axis.grid(True, alpha=0.3)
+        axis.legend(fontsize=8)
+    right.set_yscale("log")
+    left.set_ylim(bottom=0)
+    fig.suptitle(f"kerasrv, MobileNetV2, {results['machine']['nproc']} cores, {results['date']}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write(results: dict[str, Any], folder: Path, suffix: str = "", latest: bool = True) -> dict[str, Path]:
+    """<date><suffix>.json/.md/.png, and latest.md for a full run."""
+    folder.mkdir(mode=0o755, parents=True, exist_ok=True)
+    stem = folder / f"{results['date']}{suffix}"
+    paths = {"json": stem.with_suffix(".json"), "md": stem.with_suffix(".md"), "png": stem.with_suffix(".png")}
+    paths["json"].write_text(json.dumps(results, indent=1) + "\n")
+    paths["md"].write_text(markdown(results))
+    plot(results, paths["png"])
+    if latest:
+        paths["latest"] = folder / "latest.md"
+        shutil.copyfile(paths["md"], paths["latest"])
+    for path in paths.values():
+        path.chmod(0o644)
+    return paths
+
+
+if __name__ == "__main__":
+    # Re-render the Markdown and the plot from a saved JSON: python -m bench.report bench/results/DATE.json
+    import sys
+
+    saved = Path(sys.argv[1])
+    data = json.loads(saved.read_text())
+    data["summary"] = summarize(data)
+    data["targets"] = targets(data)
+    written = write(data, saved.parent, suffix=saved.stem.removeprefix(data["date"]),
+                    latest=not data["settings"]["quick"])
+    print("\n".join(str(p) for p in written.values()))

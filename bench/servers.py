@@ -1,0 +1,226 @@
+"""The servers under test and what /proc says about them: memory, CPU, and whether TensorFlow is loaded.
+
+A server is the launcher's whole process tree (supervisord, nginx, the uWSGI master, workers and
+mule), so memory and CPU are summed over every descendant of the process the benchmark started.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from app.config import PROJECT_ROOT
+from tests.server import Server, free_port
+
+LOG_DIR = PROJECT_ROOT / "bench" / "work" / "logs"  # each server's log, kept after it stops
+TF_MARKER = "libtensorflow_framework"  # mapped by every process that imported TensorFlow
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def descendants(root: int) -> list[int]:
+    """`root` and every process below it, from /proc (parent links)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo.extend(children.get(pid, []))
+    return found
+
+
+def _rollup(pid: int) -> dict[str, int]:
+    values = {}
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            parts = line.split()
+            if len(parts) == 3 and parts[2] == "kB":
+                values[parts[0].rstrip(":")] = int(parts[1])
+    except OSError:
+        pass
+    return values
+
+
+def _has_tensorflow(pid: int) -> bool:
+    try:
+        return TF_MARKER in Path(f"/proc/{pid}/maps").read_text()
+    except OSError:
+        return False
+
+
+def _name(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")[:120]
+    except OSError:
+        return "?"
+
+
+def memory(root: int) -> dict[str, Any]:
+    """Total RSS and PSS (MB) of the tree; PSS splits shared pages, so it does not count them N times."""
+    per_process = []
+    for pid in descendants(root):
+        rollup = _rollup(pid)
+        if not rollup:
+            continue
+        per_process.append({
+            "pid": pid, "cmd": _name(pid), "rss_mb": rollup.get("Rss", 0) / 1024,
+            "pss_mb": rollup.get("Pss", 0) / 1024, "tensorflow": _has_tensorflow(pid),
+        })
+    return {
+        "rss_mb": sum(p["rss_mb"] for p in per_process),
+        "pss_mb": sum(p["pss_mb"] for p in per_process),
+        "processes": len(per_process),
+        "tensorflow_processes": sum(p["tensorflow"] for p in per_process),
+        "per_process": per_process,
+    }
+
+
+def cpu_seconds(root: int) -> float:
+    """User + system CPU of every live process in the tree."""
+    total = 0
+    for pid in descendants(root):
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / CLOCK_TICKS
+
+
+def system_busy_seconds() -> float:
+    """CPU time the whole machine spent busy (all cores), from /proc/stat."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields[:8]
+    return (user + nice + system + irq + softirq + steal) / CLOCK_TICKS
+
+
+def wait_idle(root: int, max_s: float = 60, step_s: float = 0.5, busy_share: float = 0.05) -> float:
+    """Wait until the tree uses under `busy_share` of one core; return the seconds waited.
+
+    A load window ends with requests still queued inside the server (the client hangs up, but
+    queued work still runs), so the next ceiling window would otherwise compete with that drain.
+    """
+    started = time.monotonic()
+    last = cpu_seconds(root)
+    while time.monotonic() - started < max_s:
+        time.sleep(step_s)
+        now = cpu_seconds(root)
+        if now - last < busy_share * step_s:
+            break
+        last = now
+    return time.monotonic() - started
+
+
+class Kerasrv:
+    """The real stack (app.launch) in mule or worker mode, via the tests' Server helper."""
+
+    def __init__(self, kind: str, env: dict[str, str], label: str | None = None):
+        self.kind = kind
+        self.env = env
+        self.server_name = label or kind
+        self.server = Server(env, name=f"bench-{self.server_name}")
+        self.url = self.server.url
+
+    def start(self, timeout: float = 300) -> None:
+        self.server.start(timeout=timeout)
+
+    @property
+    def root(self) -> int:
+        return self.server.process.pid
+
+    def stats(self) -> dict[str, Any] | None:
+        """The mule's counters (batches, rows); None in worker mode."""
+        if self.env.get("INFERENCE_MODE") != "mule":
+            return None
+        return requests.get(f"{self.url}/stats", timeout=30).json()
+
+    def log(self, tail: int = 8000) -> str:
+        return self.server.log(tail)
+
+    def alive(self) -> bool:
+        return self.server.process.poll() is None
+
+    def stop(self) -> int:
+        """Stop it, keeping its log in bench/work/logs (the helper deletes its runtime dir on a clean exit)."""
+        LOG_DIR.mkdir(mode=0o755, parents=True, exist_ok=True)
+        text = self.server.log_path.read_text(errors="replace") if self.server.log_path.exists() else ""
+        code = self.server.stop()
+        (LOG_DIR / f"{self.server_name}.log").write_text(text + f"\n[bench] server exited with {code}\n")
+        return code
+
+
+class Recipe:
+    """bench/recipe_app.py under one uWSGI process on an HTTP socket, as tutorials deploy it."""
+
+    kind = "recipe"
+
+    def __init__(self, model_path: Path):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        LOG_DIR.mkdir(mode=0o755, parents=True, exist_ok=True)
+        self.log_path = LOG_DIR / "recipe.log"
+        self.command = [
+            str(Path(sys.executable).parent / "uwsgi"), "--http-socket", f"127.0.0.1:{self.port}",
+            "--processes", "1", "--need-app", "--module", "bench.recipe_app:app", "--chdir", str(PROJECT_ROOT),
+            "--disable-logging",
+            # uWSGI's plain http-socket closes the connection after each answer; saying so lets the
+            # client reconnect cleanly instead of counting a read error per request.
+            "--add-header", "Connection: close",
+        ]
+        self.env = {**os.environ, "RECIPE_MODEL_PATH": str(model_path), "TF_CPP_MIN_LOG_LEVEL": "2"}
+        self.process: subprocess.Popen | None = None
+
+    def start(self, probe: bytes, timeout: float = 300) -> None:
+        self._log = open(self.log_path, "wb")  # closed in stop()
+        self.process = subprocess.Popen(self.command, cwd=PROJECT_ROOT, env=self.env, stdout=self._log,
+                                        stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the recipe server exited with {self.process.returncode}:\n{self.log()}")
+            try:
+                answer = requests.post(f"{self.url}/predict", data=probe, headers={"Content-Type": "image/jpeg"},
+                                       timeout=30)
+                if answer.status_code == 200:
+                    return
+            except requests.RequestException:
+                pass
+            time.sleep(0.5)
+        raise RuntimeError(f"the recipe server was not ready after {timeout}s:\n{self.log()}")
+
+    @property
+    def root(self) -> int:
+        return self.process.pid
+
+    def stats(self) -> None:
+        return None
+
+    def log(self, tail: int = 8000) -> str:
+        return self.log_path.read_text(errors="replace")[-tail:]
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self) -> int:
+        if self.alive():
+            # without a master, uWSGI's worker exits on SIGINT (SIGTERM would mean "reload")
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._log.close()
+        return self.process.returncode
