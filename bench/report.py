@@ -156,7 +156,8 @@ def markdown(results: dict[str, Any]) -> str:
         truncated = truncated or bool(mark)
         lines.append(
             f"| {row['kind']} | {row['concurrency']} | {_fmt(row['rps'])} | {_fmt(row['ratio'], 2)}"
-            f" | {_fmt(row['ceiling_img_s'])} | {_fmt(row['p50_ms'])} | {_fmt(row['p90_ms'])} | {_fmt(row['p99_ms'])}{mark}"
+            f" | {_fmt(row['ceiling_img_s'])} | {_fmt(row['p50_ms'])} | {_fmt(row['p90_ms'])}"
+            f" | {_fmt(row['p99_ms'])}{mark}"
             f" | {_fmt(row['p99_over_fair'], 2)}"
             f" | {_fmt(row['p50_over_latency1'], 2) if row['concurrency'] == 1 else ''}"
             f" | {_fmt(row['mean_batch'], 2)} | {row['errors']} | {_fmt(row['rss_mb'], 0)} | {_fmt(row['pss_mb'], 0)}"

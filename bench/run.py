@@ -248,6 +248,8 @@ def main(argv: list[str] | None = None) -> int:
     model = ensure_model()
     bodies = photos()
     load = Load(bodies, use_wrk=args.client == "wrk", cpus=args.client_cpu)
+    if load.client != "wrk":
+        args.client_cpu = None  # the Python client runs in this process, whose children must not inherit a pin
     _log(f"client: {load.version()}{f', pinned to CPU {args.client_cpu}' if args.client_cpu else ''}")
     _log("starting the ceiling process")
     ceiling = Ceiling(model)

@@ -49,9 +49,10 @@ def test_padding_to_a_bucket_does_not_change_answers(small_model, tmp_path):
     runner = load_runner(settings_for(path))
     rows = np.random.default_rng(1).random((3, 6, 6, 3), dtype=np.float32)
     assert runner.bucket_for(3) == 4
-    runner.batch_buffer(3)[:3] = rows
-    runner.batch_buffer(3)[3:] = 123.0  # junk in the padding row
-    (out,) = runner.run_buffer(3)
+    buffer = runner.new_buffer()
+    buffer[:3] = rows
+    buffer[3:] = 123.0  # junk in the padding rows
+    (out,) = runner.run_padded(buffer, 3)
     assert out.shape == (3, 4)
     np.testing.assert_allclose(out, small_model(rows, training=False).numpy(), atol=1e-5)
 

@@ -6,6 +6,7 @@ The server runs in a thread on an anonymous mmap standing in for uWSGI's shareda
 from __future__ import annotations
 
 import mmap
+import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -244,7 +245,8 @@ def test_mule_death_fails_in_flight_requests_at_once_then_reconnects(tmp_path):
     # a dead mule: every connection it held is closed by the kernel
     harness.server.stop()
     for key in list(harness.server._selector.get_map().values()):
-        key.fileobj.close()
+        if isinstance(key.fileobj, socket.socket):
+            key.fileobj.close()
     waiter.join(3)
     assert outcome["elapsed"] < 1.0  # not after the 10 s deadline
     harness.thread.join(2)

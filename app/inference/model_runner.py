@@ -43,28 +43,28 @@ class ModelRunner:
         self._call = call
         self.buckets = buckets
         self.max_batch = buckets[-1]
-        shape = (self.max_batch, *spec.input.shape)
-        self._buffer = np.zeros(shape, dtype=spec.input.dtype)
+        self._buffer = self.new_buffer()
 
     def bucket_for(self, rows: int) -> int:
         return next(size for size in self.buckets if size >= rows)
 
-    def batch_buffer(self, rows: int) -> np.ndarray:
-        """A reusable input array of the padded size; fill its first `rows` rows, then `run_buffer`."""
-        return self._buffer[: self.bucket_for(rows)]
+    def new_buffer(self) -> np.ndarray:
+        """An input array for the largest batch; fill its first rows, then `run_padded`. One per
+        batch in flight, reused from batch to batch."""
+        return np.zeros((self.max_batch, *self.spec.input.shape), dtype=self.spec.input.dtype)
 
-    def run_buffer(self, rows: int) -> list[np.ndarray]:
-        """Run the model on the first `rows` rows of the shared batch buffer (padded to a bucket)."""
-        outputs = self._call(self._buffer[: self.bucket_for(rows)])
+    def run_padded(self, buffer: np.ndarray, rows: int) -> list[np.ndarray]:
+        """Run the model on the first `rows` rows of `buffer`, padded up to a bucket size."""
+        outputs = self._call(buffer[: self.bucket_for(rows)])
         return [out[:rows] for out in outputs]
 
     def run(self, batch: np.ndarray) -> list[np.ndarray]:
-        """Run any number of rows, in chunks of at most the largest bucket."""
+        """Run any number of rows, in chunks of at most the largest bucket (not thread-safe)."""
         results: list[list[np.ndarray]] = []
         for start in range(0, len(batch), self.max_batch):
             chunk = batch[start : start + self.max_batch]
             self._buffer[: len(chunk)] = chunk
-            results.append(self.run_buffer(len(chunk)))
+            results.append(self.run_padded(self._buffer, len(chunk)))
         return [np.concatenate(parts) for parts in zip(*results)]
 
     def warmup(self) -> dict[int, float]:

@@ -1,9 +1,11 @@
 """The batching mule: owns the model, gathers ready slots into one batch, runs it, answers each waiter.
 
-One thread runs the event loop and the model call; a second only loads the model at start, so
-status questions are answered ("loading", "failed: why") while TensorFlow starts. A model that
-fails to load leaves the mule alive and saying so: uWSGI respawns a dead mule without any
-throttle, so dying would be a crash loop.
+One thread runs the event loop: it reads messages, forms batches, copies their rows in and their
+outputs out, and answers. Model calls run on MODEL_CONCURRENCY threads (TensorFlow releases the
+GIL), so the next batch is gathered, and with 2 or more run, while one computes. A thread only
+loads the model at start, so status questions are answered ("loading", "failed: why") while
+TensorFlow starts. A model that fails to load leaves the mule alive and saying so: uWSGI
+respawns a dead mule without any throttle, so dying would be a crash loop.
 """
 
 from __future__ import annotations
@@ -11,13 +13,17 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import queue
 import selectors
 import socket
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+import numpy as np
 
 from app.config import Settings
 from app.inference import wire
@@ -54,6 +60,16 @@ class MuleServer:
         self._listener: socket.socket | None = None
         self._stop = False
         self._next_wait: float | None = None
+        # batches in flight: a free input buffer per model thread; finished batches come back
+        # through `_completed`, and a byte on the wake pipe interrupts the loop's select()
+        self._executor = ThreadPoolExecutor(settings.model_concurrency, thread_name_prefix="model")
+        self._free_buffers: list[np.ndarray] = []
+        self._completed: queue.SimpleQueue = queue.SimpleQueue()
+        self._wake_read, self._wake_write = os.pipe()
+        os.set_blocking(self._wake_read, False)
+        self._selector.register(self._wake_read, selectors.EVENT_READ)
+        # the newest request of each slot: an older one's outputs must not overwrite its slot
+        self._latest: dict[int, Pending] = {}
 
     # --- start-up -------------------------------------------------------------------------
 
@@ -66,6 +82,7 @@ class MuleServer:
                     f"one input row needs {runner.spec.input.row_bytes} bytes plus its outputs;"
                     f" SLOT_MB={self.settings.slot_mb} is too small"
                 )
+            self._free_buffers = [runner.new_buffer() for _ in range(self.settings.model_concurrency)]
             self.layout, self.runner = layout, runner
             log.info("mule ready: model %s, %d rows per slot, %d slots", runner.spec.name, layout.rows,
                      self.settings.n_slots)
@@ -101,17 +118,20 @@ class MuleServer:
     # --- the loop -------------------------------------------------------------------------
 
     def step(self, max_wait: float = 1.0) -> None:
-        """Read every message that has arrived, then run one batch if the policy says so."""
+        """Read every message that has arrived, finish the batches that are done, and start one
+        if a model thread is free and the policy says so."""
         self._poll(max_wait if self._next_wait is None else self._next_wait)
-        if self.runner is None:
-            return
+        self._finish_completed()
+        self._next_wait = None
+        if self.runner is None or not self._free_buffers:
+            return  # a finished batch or a message wakes the loop
         decision = self.policy.decide(time.monotonic())
         for pending in decision.expired:
             self.counts["expired"] += 1
             self._reply(pending, wire.EXPIRED, message="deadline passed while queued")
         if decision.batch:
-            self._run(decision.batch)
-            self._next_wait = 0.0  # collect what arrived during the batch, then decide again
+            self._start(decision.batch)
+            self._next_wait = 0.0  # collect what has arrived meanwhile, then decide again
         else:
             self._next_wait = decision.wait
 
@@ -119,6 +139,13 @@ class MuleServer:
         for key, _ in self._selector.select(timeout):
             if key.fileobj is self._listener:
                 self._accept()
+            elif key.fileobj == self._wake_read:
+                while True:
+                    try:
+                        if not os.read(self._wake_read, 4096):
+                            break
+                    except BlockingIOError:
+                        break
             else:
                 self._drain(key.fileobj)
 
@@ -157,38 +184,60 @@ class MuleServer:
         elif not self.policy.admit(pending):
             self.counts["overloaded"] += 1
             self._reply(pending, wire.OVERLOADED, message=f"queue full ({self.settings.max_queue_rows} rows)")
+        else:
+            self._latest[slot] = pending
 
-    def _run(self, batch: list[Pending]) -> None:
-        runner, layout, spec = self.runner, self.layout, self.runner.spec
+    def _start(self, batch: list[Pending]) -> None:
+        """Copy the batch's rows out of their slots and hand it to a free model thread."""
+        layout, spec = self.layout, self.runner.spec
         total = sum(p.rows for p in batch)
-        buffer = runner.batch_buffer(total)
+        buffer = self._free_buffers.pop()
         offset = 0
         for pending in batch:
             buffer[offset : offset + pending.rows] = layout.input_view(self.shm, pending.slot, spec, pending.rows)
             offset += pending.rows
-        started = time.perf_counter()
         self._guard(max(1, self.settings.harakiri_s))
+        self._executor.submit(self._execute, batch, buffer, total)
+
+    def _execute(self, batch: list[Pending], buffer: np.ndarray, total: int) -> None:
+        """On a model thread: one model call, then back to the loop."""
+        started = time.perf_counter()
         try:
-            outputs = runner.run_buffer(total)
+            outputs, error = self.runner.run_padded(buffer, total), None
         except Exception as exc:
             log.exception("model call failed on a batch of %d rows", total)
-            self.counts["failed"] += len(batch)
+            outputs, error = None, exc
+        self._completed.put((batch, buffer, total, outputs, error, (time.perf_counter() - started) * 1000))
+        os.write(self._wake_write, b"!")
+
+    def _finish_completed(self) -> None:
+        """On the loop: write each finished request's outputs into its slot and answer it."""
+        while True:
+            try:
+                batch, buffer, total, outputs, error, compute_ms = self._completed.get_nowait()
+            except queue.Empty:
+                break
+            self._free_buffers.append(buffer)
+            if len(self._free_buffers) == self.settings.model_concurrency:
+                self._guard(0)
+            if error is not None:
+                self.counts["failed"] += len(batch)
+                for pending in batch:
+                    self._reply(pending, wire.FAILED, message=f"the model failed: {type(error).__name__}")
+                continue
+            self.compute_ms_total += compute_ms
+            self.batch_sizes[total] += 1
+            self.counts["batches"] += 1
+            self.counts["rows"] += total
+            layout, spec = self.layout, self.runner.spec
+            offset = 0
             for pending in batch:
-                self._reply(pending, wire.FAILED, message=f"the model failed: {type(exc).__name__}")
-            return
-        finally:
-            self._guard(0)
-        compute_ms = (time.perf_counter() - started) * 1000
-        self.compute_ms_total += compute_ms
-        self.batch_sizes[total] += 1
-        self.counts["batches"] += 1
-        self.counts["rows"] += total
-        offset = 0
-        for pending in batch:
-            for view, out in zip(layout.output_views(self.shm, pending.slot, spec, pending.rows), outputs):
-                view[...] = out[offset : offset + pending.rows]
-            offset += pending.rows
-            self._reply(pending, wire.OK, total, compute_ms)
+                if self._latest.get(pending.slot) is pending:  # else a newer request owns the slot
+                    views = layout.output_views(self.shm, pending.slot, spec, pending.rows)
+                    for view, out in zip(views, outputs):
+                        view[...] = out[offset : offset + pending.rows]
+                    self._reply(pending, wire.OK, total, compute_ms)
+                offset += pending.rows
 
     # --- replies and connections ----------------------------------------------------------
 
@@ -230,6 +279,9 @@ class MuleServer:
                 "overloaded": self.counts["overloaded"],
                 "failed": self.counts["failed"],
                 "buckets": list(self.runner.buckets) if self.runner else [],
+                "model_concurrency": self.settings.model_concurrency,
+                "batches_in_flight": self.settings.model_concurrency - len(self._free_buffers)
+                if self.runner else 0,
             },
         }
 
