@@ -45,12 +45,12 @@ class LocalBackend:
     def status(self, fresh: bool = False) -> Status:
         if self._runner is not None:
             return Status("ready", spec=self._runner.spec, stats={"requests": self._requests})
-        return Status("failed" if self._error else "loading", error=self._error)
+        return Status("failed", error=self._error)
 
     def predict(self, rows: np.ndarray, deadline: float) -> Prediction:
         runner = self._runner
         if runner is None:
-            raise NotReady(self._error or "the model is still loading")
+            raise NotReady(f"model failed to load: {self._error}")
         with self._lock:
             if time.monotonic() > deadline:
                 raise DeadlineExceeded("the request waited too long for the model")

@@ -125,9 +125,11 @@ class MuleClient:
 
     def predict(self, rows: np.ndarray, deadline: float) -> Prediction:
         channel = self._channel()
-        status = self.status()
-        if not status.ready:
-            raise NotReady(f"model failed to load: {status.error}" if status.error else "the model is still loading")
+        if channel.spec is None:  # the route's readiness check has usually refreshed it already
+            status = self.status()
+            if not status.ready:
+                reason = f"model failed to load: {status.error}" if status.error else "the model is still loading"
+                raise NotReady(reason)
         outputs: list[list[np.ndarray]] = []
         batch_sizes = []
         step = channel.layout.rows

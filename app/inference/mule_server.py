@@ -21,7 +21,6 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 
@@ -299,5 +298,5 @@ def run() -> None:
     needed = settings.n_slots * settings.slot_bytes
     if len(shm) < needed:
         raise SystemExit(f"sharedarea holds {len(shm)} bytes, {needed} needed: start through app.launch")
-    log.info("mule %d starting: model %s", os.getpid(), Path(settings.model_path).name)
+    log.info("mule %d starting: model %s", os.getpid(), settings.model_path.name)
     MuleServer(settings, shm, load_runner, guard=uwsgi.set_user_harakiri).serve_forever()
