@@ -42,6 +42,17 @@ def _choice(env: dict[str, str], name: str, default: str, choices: tuple[str, ..
     return value
 
 
+def _flag(env: dict[str, str], name: str, default: bool) -> bool:
+    value = env.get(name, "").strip().lower()
+    if not value:
+        return default
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name} must be on or off (1/0, true/false), got {value!r}")
+
+
 def _buckets(raw: str, max_batch: int) -> tuple[int, ...]:
     """Batch sizes the model is compiled and warmed for; each batch is padded up to one.
 
@@ -86,6 +97,7 @@ class Settings:
     default_top_k: int = 5
     max_batch_size: int = 16
     batch_timeout_ms: int = 0
+    batch_autotune: bool = True
     batch_buckets: tuple[int, ...] = field(default=(1, 2, 3, 4, 6, 8, 12, 16))
     max_queue_rows: int = 256
     model_concurrency: int = 1
@@ -151,6 +163,7 @@ class Settings:
             default_top_k=_int(env, "DEFAULT_TOP_K", 5, minimum=1),
             max_batch_size=max_batch,
             batch_timeout_ms=_int(env, "BATCH_TIMEOUT_MS", 0),
+            batch_autotune=_flag(env, "BATCH_AUTOTUNE", True),
             batch_buckets=_buckets(env.get("BATCH_BUCKETS", ""), max_batch),
             max_queue_rows=_int(env, "MAX_QUEUE_ROWS", 256, minimum=1),
             model_concurrency=_int(env, "MODEL_CONCURRENCY", 1, minimum=1),

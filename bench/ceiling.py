@@ -8,6 +8,7 @@ server's. Protocol: one JSON object per line each way.
 
     -> {"cmd": "latency1", "n": 30}      <- {"latency1_ms": ..., "samples_ms": [...]}
     -> {"cmd": "window", "seconds": 5}   <- {"images": ..., "seconds": ..., "img_per_s": ..., ...}
+    -> {"cmd": "window", "seconds": 5, "batch": 4}   (the same at another batch size)
     -> {"cmd": "quit"}
 """
 
@@ -26,6 +27,7 @@ from typing import IO, Any
 import numpy as np
 
 from app.config import PROJECT_ROOT, Settings
+from app.inference.batching import efficient_batch
 
 BATCH = 16
 
@@ -63,8 +65,8 @@ class Ceiling:
     def latency1(self, n: int = 30) -> dict[str, Any]:
         return self._ask({"cmd": "latency1", "n": n})
 
-    def window(self, seconds: float) -> dict[str, Any]:
-        return self._ask({"cmd": "window", "seconds": seconds})
+    def window(self, seconds: float, batch: int = BATCH) -> dict[str, Any]:
+        return self._ask({"cmd": "window", "seconds": seconds, "batch": batch})
 
     def close(self) -> None:
         if self.process.poll() is None:
@@ -112,7 +114,7 @@ class _Worker:
             samples.append((time.perf_counter() - started) * 1000)
         return {"latency1_ms": statistics.median(samples), "samples_ms": [round(s, 3) for s in samples]}
 
-    def window(self, seconds: float) -> dict[str, Any]:
+    def window(self, seconds: float, batch: int = BATCH) -> dict[str, Any]:
         """Whole batches until `seconds` have passed; the rate counts only batches that finished."""
         prepare_ms, model_ms = [], []
         started = time.perf_counter()
@@ -120,19 +122,20 @@ class _Worker:
         batches = 0
         while time.perf_counter() < deadline:
             t0 = time.perf_counter()
-            self._prepare(BATCH, offset=batches)
+            self._prepare(batch, offset=batches)
             t1 = time.perf_counter()
-            self.runner.run(self.rows)
+            self.runner.run(self.rows[:batch])
             t2 = time.perf_counter()
             prepare_ms.append((t1 - t0) * 1000)
             model_ms.append((t2 - t1) * 1000)
             batches += 1
         elapsed = time.perf_counter() - started
         return {
-            "images": batches * BATCH,
+            "batch": batch,
+            "images": batches * batch,
             "batches": batches,
             "seconds": elapsed,
-            "img_per_s": batches * BATCH / elapsed,
+            "img_per_s": batches * batch / elapsed,
             "prepare_ms_per_batch": statistics.median(prepare_ms),
             "model_ms_per_batch": statistics.median(model_ms),
         }
@@ -151,6 +154,7 @@ def _serve(model_path: Path, out: IO[str]) -> None:
     send({
         "ready": True, "load_s": worker.load_s, "tf_version": tf.__version__, "keras_version": keras.__version__,
         "input": list(worker.spec.input.shape), "buckets": list(worker.runner.buckets), "batch": BATCH,
+        "batch_cost_ms": worker.runner.batch_costs_ms, "efficient_batch": efficient_batch(worker.runner.batch_costs_ms),
     })
     for line in sys.stdin:
         command = json.loads(line)
@@ -159,7 +163,7 @@ def _serve(model_path: Path, out: IO[str]) -> None:
         if command["cmd"] == "latency1":
             send(worker.latency1(int(command.get("n", 30))))
         elif command["cmd"] == "window":
-            send(worker.window(float(command["seconds"])))
+            send(worker.window(float(command["seconds"]), int(command.get("batch", BATCH))))
         else:
             send({"error": f"unknown command {command['cmd']!r}"})
 

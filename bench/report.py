@@ -127,6 +127,25 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     return checks
 
 
+def _best_batch_note(results: dict[str, Any]) -> list[str]:
+    """How the server compares with the ceiling run at its own cheapest batch size, not only at 16."""
+    best = results["machine"].get("best_batch_ceiling")
+    if not best:
+        return []
+    batch16 = results["settings"]["ceiling"]["batch"]
+    per_row = {size: round(ms / int(size), 1) for size, ms in (best.get("batch_cost_ms") or {}).items()}
+    text = (f"The issue's ceiling uses batches of {batch16}. Its model's cheapest batch here is {best['batch']}"
+            f" (warm-up ms per row by batch size: {per_row}), and the mule caps batches there (BATCH_AUTOTUNE).")
+    if best["pairs"]:
+        text += (f" The ceiling itself at batch {best['batch']} runs at {best['ratio']:.2f} x its batch-{batch16}"
+                 f" rate (median of {len(best['pairs'])} alternating pairs).")
+        against = [(c, _row(results["summary"], "mule", c)) for c in (16, 32)]
+        against = [f"{row['ratio'] / best['ratio']:.2f} x at c={c}" for c, row in against if row]
+        if against:
+            text += f" Against that stronger ceiling, mule mode reaches {' and '.join(against)}."
+    return [text, ""]
+
+
 def _fmt(value: float | None, digits: int = 1) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
@@ -188,6 +207,7 @@ def markdown(results: dict[str, Any]) -> str:
     ]
     lines += [f"| {c['target']} | **{c['result']}** | {c['detail']} |" for c in results["targets"]]
     lines += ["", f"For reference, the issue reports {REFERENCE}.", ""]
+    lines += _best_batch_note(results)
     problems = [(k["kind"], p) for k in results["kinds"] for p in k["problems"]]
     problems += [(f"memory probe {p['workers']} workers", p["problem"]) for p in results["memory_probe"]
                  if "problem" in p]

@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from app.inference.batching import BatchPolicy, Pending
+from app.inference.batching import BatchPolicy, Pending, efficient_batch
 
 FAR = 1e9  # a deadline no test reaches
 
@@ -219,3 +219,39 @@ def test_drop_compares_connections_by_identity():
     p.admit(mine)
     assert p.drop(Equal()) == []
     assert list(p.queue) == [mine]
+
+
+# --- the batch limit chosen from measured batch costs ---------------------------------------
+
+def test_efficient_batch_stops_where_the_cost_per_row_rises_again():
+    # MobileNetV2 on a 2-core CPU: cheapest per row at 4, dearer at 8 and 16 (cache misses)
+    costs = {1: 15.0, 2: 22.8, 4: 39.2, 8: 87.9, 16: 204.6}
+    assert efficient_batch(costs) == 4
+
+
+def test_efficient_batch_takes_the_largest_when_bigger_is_always_cheaper():
+    # a GPU-like cost: a fixed overhead per call, little per row
+    assert efficient_batch({1: 5.0, 2: 5.2, 4: 5.6, 8: 6.4, 16: 8.0}) == 16
+
+
+def test_efficient_batch_prefers_the_larger_of_near_ties():
+    assert efficient_batch({1: 10.0, 2: 16.0, 4: 32.0, 8: 65.0}) == 8  # 8.1 ms/row is within 5% of 8.0
+    assert efficient_batch({1: 10.0, 2: 16.0, 4: 32.0, 8: 68.0}) == 4  # 8.5 ms/row is not
+    assert efficient_batch({1: 10.0, 2: 16.0, 4: 32.0, 8: 68.0}, tolerance=0.1) == 8
+
+
+def test_efficient_batch_without_measurements():
+    assert efficient_batch({}) is None
+    assert efficient_batch({1: 0.0}) is None
+
+
+def test_a_lowered_limit_splits_a_long_queue_into_batches_of_that_size():
+    p = policy(max_batch=16, timeout_s=0.0)
+    p.max_batch = 4
+    requests = [pending(rows=1, arrival=i / 100) for i in range(10)]
+    for r in requests:
+        p.admit(r)
+    sizes = []
+    while p.queue:
+        sizes.append(len(p.decide(now=1.0).batch))
+    assert sizes == [4, 4, 2]

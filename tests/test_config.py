@@ -78,6 +78,17 @@ def test_below_minimum(name):
         Settings.from_env({name: "0"})
 
 
+@pytest.mark.parametrize(("raw", "value"), [("", True), ("on", True), ("1", True), ("TRUE", True),
+                                           ("off", False), ("0", False), ("no", False)])
+def test_batch_autotune_flag(raw, value):
+    assert Settings.from_env({"BATCH_AUTOTUNE": raw}).batch_autotune is value
+
+
+def test_batch_autotune_rejects_other_words():
+    with pytest.raises(ConfigError, match="BATCH_AUTOTUNE must be on or off"):
+        Settings.from_env({"BATCH_AUTOTUNE": "maybe"})
+
+
 def test_batch_timeout_may_be_zero_but_not_negative():
     assert Settings.from_env({"BATCH_TIMEOUT_MS": "0"}).batch_timeout_ms == 0
     with pytest.raises(ConfigError, match="BATCH_TIMEOUT_MS"):

@@ -69,6 +69,10 @@ def test_concurrent_requests_are_batched_and_answers_match_single_requests(serve
     assert batches < rows, "no batch larger than one formed under 16 concurrent clients"
     assert max(batch_headers) > 1
     assert any(int(size) > 1 for size in after["batch_sizes"])
+    # the limit the mule chose from the batch costs it measured at warm-up, and kept to
+    assert set(after["batch_cost_ms"]) == {str(size) for size in after["buckets"]}
+    assert after["batch_limit"] in after["buckets"]
+    assert max(int(size) for size in after["batch_sizes"]) <= after["batch_limit"]
 
 
 def test_lone_requests_are_not_delayed(server, digit_pngs):

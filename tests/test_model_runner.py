@@ -43,6 +43,15 @@ def test_every_model_format_loads_and_matches_keras(small_model, tmp_path, kind)
     np.testing.assert_allclose(got, expected, atol=1e-5)
 
 
+def test_warmup_measures_the_cost_of_every_bucket(small_model, tmp_path):
+    path = tmp_path / "small.keras"
+    small_model.save(path)
+    runner = load_runner(settings_for(path))
+    assert set(runner.batch_costs_ms) == {1, 2, 4}
+    assert all(ms > 0 for ms in runner.batch_costs_ms.values())
+    assert runner.warmup(repeats=0) == runner.batch_costs_ms  # warming again keeps the measurement
+
+
 def test_padding_to_a_bucket_does_not_change_answers(small_model, tmp_path):
     path = tmp_path / "small.keras"
     small_model.save(path)

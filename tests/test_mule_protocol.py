@@ -134,6 +134,32 @@ def test_requests_arriving_during_a_batch_share_the_next_one(tmp_path):
         harness.close()
 
 
+@pytest.mark.parametrize(("autotune", "limit"), [(True, 2), (False, 8)])
+def test_batch_limit_comes_from_the_measured_costs(tmp_path, autotune, limit):
+    model = ToyModel(delay=0.1)
+
+    def load(settings: Settings) -> ModelRunner:
+        runner = ModelRunner(SPEC, model, settings.batch_buckets)
+        runner.batch_costs_ms = {1: 10.0, 2: 12.0, 4: 40.0, 8: 100.0}  # cheapest per row at 2
+        return runner
+
+    harness = Harness(make_settings(tmp_path, batch_autotune=autotune), load)
+    try:
+        clients = [harness.client(0), harness.client(1)]
+        harness.wait_ready()
+        inputs = [np.full((1, 4), i, dtype=np.float32) for i in range(8)]
+        results = in_worker_threads(clients, 4, lambda client, i: client.predict(inputs[i], deadline()))
+        for i, result in enumerate(results):
+            np.testing.assert_allclose(result.outputs[0], [[4.0 * i]])
+        stats = harness.server.status()["stats"]
+        assert stats["batch_limit"] == limit
+        assert stats["batch_cost_ms"] == {"1": 10.0, "2": 12.0, "4": 40.0, "8": 100.0}
+        assert max(model.calls) <= limit
+        assert max(r.batch_size for r in results) > (1 if autotune else 2)  # batches still form, up to the limit
+    finally:
+        harness.close()
+
+
 def test_batches_are_padded_to_buckets(toy):
     client = toy.client()
     toy.wait_ready()

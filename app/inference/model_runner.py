@@ -7,6 +7,7 @@ uWSGI master: TensorFlow's runtime does not survive a fork.
 from __future__ import annotations
 
 import logging
+import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -44,6 +45,7 @@ class ModelRunner:
         self.buckets = buckets
         self.max_batch = buckets[-1]
         self._buffer = self.new_buffer()
+        self.batch_costs_ms: dict[int, float] = {}  # bucket size -> ms per call, measured by warmup()
 
     def bucket_for(self, rows: int) -> int:
         return next(size for size in self.buckets if size >= rows)
@@ -67,14 +69,22 @@ class ModelRunner:
             results.append(self.run_padded(self._buffer, len(chunk)))
         return [np.concatenate(parts) for parts in zip(*results)]
 
-    def warmup(self) -> dict[int, float]:
-        """Call every bucket size once (twice for the first) so no client pays for a first call."""
-        timings = {}
-        for size in (self.buckets[0], *self.buckets):
-            started = time.perf_counter()
+    def warmup(self, repeats: int = 3) -> dict[int, float]:
+        """Call every bucket size once so no client pays for a first call, then time each size
+        `repeats` more times and keep the median: the batch cost T(n) that the mule's batch limit
+        is chosen from. The timed passes are interleaved, so a slow spell on a shared machine
+        falls on every size alike rather than on one."""
+        for size in self.buckets:
             self._call(self._buffer[:size])
-            timings[size] = (time.perf_counter() - started) * 1000
-        return timings
+        samples: dict[int, list[float]] = {size: [] for size in self.buckets}
+        for _ in range(repeats):
+            for size in self.buckets:
+                started = time.perf_counter()
+                self._call(self._buffer[:size])
+                samples[size].append((time.perf_counter() - started) * 1000)
+        if repeats:
+            self.batch_costs_ms = {size: statistics.median(times) for size, times in samples.items()}
+        return self.batch_costs_ms
 
 
 def load_runner(settings: Settings) -> ModelRunner:
@@ -113,7 +123,7 @@ def load_runner(settings: Settings) -> ModelRunner:
     runner = ModelRunner(spec, call, settings.batch_buckets)
     timings = runner.warmup()
     log.info(
-        "model %s loaded from %s in %.1fs: input %s %s, outputs %s; warm-up ms per bucket %s",
+        "model %s loaded from %s in %.1fs: input %s %s, outputs %s; ms per call by batch size %s",
         spec.name, path, time.perf_counter() - started, input_spec.shape, input_spec.dtype,
         [o.shape for o in outputs], {k: round(v, 1) for k, v in timings.items()},
     )

@@ -26,7 +26,7 @@ import numpy as np
 
 from app.config import Settings
 from app.inference import wire
-from app.inference.batching import BatchPolicy, Pending
+from app.inference.batching import BatchPolicy, Pending, efficient_batch
 from app.inference.model_runner import ModelLoadError, ModelRunner
 
 log = logging.getLogger(__name__)
@@ -82,15 +82,29 @@ class MuleServer:
                     f" SLOT_MB={self.settings.slot_mb} is too small"
                 )
             self._free_buffers = [runner.new_buffer() for _ in range(self.settings.model_concurrency)]
+            self.policy.max_batch = self._batch_limit(runner)
             self.layout, self.runner = layout, runner
-            log.info("mule ready: model %s, %d rows per slot, %d slots", runner.spec.name, layout.rows,
-                     self.settings.n_slots)
+            log.info("mule ready: model %s, batches of up to %d rows, %d rows per slot, %d slots",
+                     runner.spec.name, self.policy.max_batch, layout.rows, self.settings.n_slots)
         except ModelLoadError as exc:
             self.error = str(exc)
         except Exception as exc:  # any failure means the same: not ready, and say why
             self.error = f"{type(exc).__name__}: {exc}"
         if self.error:
             log.error("model failed to load, the server stays not ready: %s", self.error)
+
+    def _batch_limit(self, runner: ModelRunner) -> int:
+        """MAX_BATCH_SIZE, or with BATCH_AUTOTUNE the batch size that costs least per row."""
+        if not self.settings.batch_autotune:
+            return self.settings.max_batch_size
+        best = efficient_batch(runner.batch_costs_ms)
+        if best is None:
+            return self.settings.max_batch_size
+        if best < self.settings.max_batch_size:
+            per_row = {size: round(ms / size, 2) for size, ms in runner.batch_costs_ms.items()}
+            log.info("batch limit %d: the cheapest per row (ms per row by batch size %s);"
+                     " BATCH_AUTOTUNE=off uses MAX_BATCH_SIZE=%d", best, per_row, self.settings.max_batch_size)
+        return best
 
     def listen(self) -> None:
         path = self.settings.mule_socket
@@ -278,6 +292,9 @@ class MuleServer:
                 "overloaded": self.counts["overloaded"],
                 "failed": self.counts["failed"],
                 "buckets": list(self.runner.buckets) if self.runner else [],
+                "batch_limit": self.policy.max_batch,
+                "batch_cost_ms": {str(k): round(v, 2) for k, v in self.runner.batch_costs_ms.items()}
+                if self.runner else {},
                 "model_concurrency": self.settings.model_concurrency,
                 "batches_in_flight": self.settings.model_concurrency - len(self._free_buffers)
                 if self.runner else 0,
