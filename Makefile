@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: run test install install-dev lint bench demo-model clean
+.PHONY: run test install install-dev lint bench bench-triton demo-model clean
 
 run: install
 	$(PY) -m app.launch
@@ -23,6 +23,15 @@ lint: install-dev
 
 bench: install-dev
 	$(PY) -m bench.run
+
+# Triton's dynamic batcher (PyTriton) beside the mule. PyTriton needs numpy < 2, hence its own
+# venv, and its Python backend stub loads the system's libpython, hence the system's python3.
+TRITON_VENV ?= bench/work/triton-venv
+TRITON_BASE_PYTHON ?= /usr/bin/python3
+bench-triton: install-dev
+	test -f $(TRITON_VENV)/.installed || ( $(TRITON_BASE_PYTHON) -m venv $(TRITON_VENV) && \
+		$(TRITON_VENV)/bin/pip install -q -r bench/requirements-triton.txt && touch $(TRITON_VENV)/.installed )
+	TRITON_PYTHON=$(TRITON_VENV)/bin/python $(PY) -m bench.run --kinds mule,triton --memory-probe-workers '' --name triton
 
 demo-model: install-dev
 	$(PY) -m training.train_demo

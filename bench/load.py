@@ -1,4 +1,4 @@
-"""The load generator: closed-loop, keep-alive clients POSTing raw JPEG bodies, for one timed window.
+"""The load generator: closed-loop, keep-alive clients POSTing photos, for one timed window.
 
 wrk (C, one epoll thread) is the default because it costs the 2-core machine far less CPU per
 request than any Python client, so the server keeps nearly all of the CPU it is measured on. The
@@ -21,8 +21,9 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-# Runs inside wrk: alternates the photos, counts non-200 answers and the X-Batch-Size header per
-# thread, and prints one JSON line (latencies in microseconds) when the window ends.
+# Runs inside wrk: alternates the requests (each file holds a path line, header lines, a blank line
+# and the body), counts non-200 answers and the X-Batch-Size header per thread, and prints one JSON
+# line (latencies in microseconds) when the window ends.
 WRK_SCRIPT = r"""
 local requests_ = {}
 local threads = {}
@@ -37,9 +38,19 @@ end
 function init(args)
   for i, path in ipairs(args) do
     local f = assert(io.open(path, "rb"))
-    local body = f:read("*all")
+    local raw = f:read("*all")
     f:close()
-    requests_[i] = wrk.format("POST", "/predict", {["Content-Type"] = "image/jpeg"}, body)
+    local head_end = assert(raw:find("\r\n\r\n", 1, true))
+    local lines = {}
+    for line in (raw:sub(1, head_end - 1) .. "\r\n"):gmatch("(.-)\r\n") do
+      table.insert(lines, line)
+    end
+    local headers = {}
+    for j = 2, #lines do
+      local name, value = lines[j]:match("^([^:]+):%s*(.*)$")
+      headers[name] = value
+    end
+    requests_[i] = wrk.format("POST", lines[1], headers, raw:sub(head_end + 4))
   end
   counter = 0
 end
@@ -77,6 +88,24 @@ function done(summary, latency, requests)
     rows, answers))
 end
 """
+
+
+@dataclass(frozen=True)
+class Request:
+    """One HTTP POST the clients send in turn: kerasrv takes a raw JPEG, Triton a KServe v2 body."""
+
+    path: str
+    headers: tuple[tuple[str, str], ...]
+    body: bytes
+
+    def as_file(self) -> bytes:
+        head = [self.path, *(f"{name}: {value}" for name, value in self.headers)]
+        return "\r\n".join(head).encode() + b"\r\n\r\n" + self.body
+
+
+def jpeg_requests(photos: list[bytes]) -> list[Request]:
+    """kerasrv's simplest form: the photo as a raw image/jpeg body."""
+    return [Request("/predict", (("Content-Type", "image/jpeg"),), photo) for photo in photos]
 
 
 @dataclass
@@ -119,10 +148,9 @@ def ensure_wrk() -> str | None:
 
 
 class Load:
-    """Runs windows against one URL with the photos as bodies, with wrk when it can."""
+    """Runs windows of closed-loop clients, with wrk when it can."""
 
-    def __init__(self, bodies: list[bytes], use_wrk: bool = True, cpus: str | None = None, timeout_s: int = 60):
-        self.bodies = bodies
+    def __init__(self, use_wrk: bool = True, cpus: str | None = None, timeout_s: int = 60):
         self.cpus = cpus
         self.timeout_s = timeout_s
         self.wrk = ensure_wrk() if use_wrk else None
@@ -130,11 +158,16 @@ class Load:
         self._dir = Path(tempfile.mkdtemp(prefix="kerasrv-bench-load-"))
         self._script = self._dir / "post.lua"
         self._script.write_text(WRK_SCRIPT)
-        self._body_paths = []
-        for i, body in enumerate(bodies):
-            path = self._dir / f"body{i}.jpg"
-            path.write_bytes(body)
-            self._body_paths.append(path)
+        self._files: dict[tuple[Request, ...], list[Path]] = {}
+
+    def _request_files(self, requests: list[Request]) -> list[Path]:
+        key = tuple(requests)
+        if key not in self._files:
+            paths = [self._dir / f"request{len(self._files)}-{i}" for i in range(len(requests))]
+            for path, request in zip(paths, requests):
+                path.write_bytes(request.as_file())
+            self._files[key] = paths
+        return self._files[key]
 
     def version(self) -> str:
         if not self.wrk:
@@ -142,15 +175,15 @@ class Load:
         out = subprocess.run([self.wrk, "--version"], capture_output=True, text=True, check=False)
         return (out.stdout or out.stderr).splitlines()[0].split(" Copyright")[0].strip()
 
-    def window(self, url: str, concurrency: int, seconds: float) -> Window:
+    def window(self, url: str, concurrency: int, seconds: float, requests: list[Request]) -> Window:
         if self.wrk:
-            return self._wrk_window(url, concurrency, seconds)
-        return _python_window(url, self.bodies, concurrency, seconds, self.timeout_s)
+            return self._wrk_window(url, concurrency, seconds, requests)
+        return _python_window(url, requests, concurrency, seconds, self.timeout_s)
 
-    def _wrk_window(self, url: str, concurrency: int, seconds: float) -> Window:
+    def _wrk_window(self, url: str, concurrency: int, seconds: float, requests: list[Request]) -> Window:
         command = [
             self.wrk, "-t1", f"-c{concurrency}", f"-d{max(1, round(seconds))}s", f"--timeout={self.timeout_s}s",
-            "-s", str(self._script), f"{url}/predict", "--", *map(str, self._body_paths),
+            "-s", str(self._script), url, "--", *map(str, self._request_files(requests)),
         ]
         if self.cpus:
             command = ["taskset", "-c", self.cpus, *command]
@@ -179,7 +212,7 @@ class Load:
         shutil.rmtree(self._dir, ignore_errors=True)
 
 
-def _python_window(url: str, bodies: list[bytes], concurrency: int, seconds: float, timeout_s: int) -> Window:
+def _python_window(url: str, requests: list[Request], concurrency: int, seconds: float, timeout_s: int) -> Window:
     """Fallback client: one thread and one keep-alive connection per concurrent client."""
     host, port = url.removeprefix("http://").split(":")
     latencies: list[float] = []
@@ -193,11 +226,11 @@ def _python_window(url: str, bodies: list[bytes], concurrency: int, seconds: flo
         conn = http.client.HTTPConnection(host, int(port), timeout=timeout_s)
         n = index
         while time.perf_counter() < deadline:
-            body = bodies[n % len(bodies)]
+            request = requests[n % len(requests)]
             n += 1
             t0 = time.perf_counter()
             try:
-                conn.request("POST", "/predict", body=body, headers={"Content-Type": "image/jpeg"})
+                conn.request("POST", request.path, body=request.body, headers=dict(request.headers))
                 answer = conn.getresponse()
                 answer.read()
             except (OSError, http.client.HTTPException):

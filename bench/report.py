@@ -134,8 +134,13 @@ def _best_batch_note(results: dict[str, Any]) -> list[str]:
         return []
     batch16 = results["settings"]["ceiling"]["batch"]
     per_row = {size: round(ms / int(size), 1) for size, ms in (best.get("batch_cost_ms") or {}).items()}
-    text = (f"The issue's ceiling uses batches of {batch16}. Its model's cheapest batch here is {best['batch']}"
-            f" (warm-up ms per row by batch size: {per_row}), and the mule caps batches there (BATCH_AUTOTUNE).")
+    limits = sorted({p["batches"].get("batch_limit") for k in results["kinds"] if k["kind"] == "mule"
+                     for r in k["rows"] for p in r["pairs"]} - {None})
+    text = (f"The issue's ceiling uses batches of {batch16}. Timed at its own warm-up, the cheapest batch per row"
+            f" is {best['batch']} (ms per row by batch size: {per_row}).")
+    if limits:
+        text += (f" The mule times its own warm-up the same way and capped its batches at"
+                 f" {' / '.join(map(str, limits))} (BATCH_AUTOTUNE).")
     if best["pairs"]:
         text += (f" The ceiling itself at batch {best['batch']} runs at {best['ratio']:.2f} x its batch-{batch16}"
                  f" rate (median of {len(best['pairs'])} alternating pairs).")
@@ -247,7 +252,13 @@ def markdown(results: dict[str, Any]) -> str:
         " HOST=127.0.0.1 and LOG_LEVEL=info. The recipe is `bench/recipe_app.py` (Flask, model loaded at"
         " import, PIL decode, `model.predict` per request) under `uwsgi --http-socket --processes 1"
         " --need-app` without a master; that socket closes each connection after its answer, so it sends"
-        " `Connection: close` and the client reconnects.",
+        " `Connection: close` and the client reconnects."
+        + (f" Triton is NVIDIA Triton Inference Server through PyTriton {info.get('pytriton')}"
+           " (`bench/triton_app.py`, in its own venv): its dynamic batcher (max batch 16, 2 ms queue delay,"
+           " as in the issue) calls one Python function per batch, which decodes and preprocesses each"
+           " JPEG with kerasrv's own functions and makes one model call through kerasrv's `ModelRunner`;"
+           " requests are KServe v2 binary tensors (the JPEG as raw BYTES, the 1000 scores back as raw"
+           " float32)." if "triton" in settings["kinds"] else ""),
         "",
     ]
     return "\n".join(lines)
@@ -317,6 +328,6 @@ if __name__ == "__main__":
     data = json.loads(saved.read_text())
     data["summary"] = summarize(data)
     data["targets"] = targets(data)
-    written = write(data, saved.parent, suffix=saved.stem.removeprefix(data["date"]),
-                    latest=not data["settings"]["quick"])
+    suffix = saved.stem.removeprefix(data["date"])  # "-quick", "-triton": not the latest full run
+    written = write(data, saved.parent, suffix=suffix, latest=not suffix)
     print("\n".join(str(p) for p in written.values()))

@@ -23,12 +23,13 @@ from typing import Any
 from app.config import PROJECT_ROOT
 from bench import report
 from bench.ceiling import Ceiling
-from bench.load import Load
+from bench.load import Load, Request
 from bench.model import MODEL_PATH, ensure_model, photo_paths, photos
-from bench.servers import Kerasrv, Recipe, memory, system_busy_seconds, wait_idle
+from bench.servers import Kerasrv, Recipe, Triton, memory, system_busy_seconds, wait_idle
 from bench.servers import cpu_seconds as tree_cpu
 
-KINDS = ("mule", "worker", "recipe")
+KINDS = ("mule", "worker", "recipe", "triton")  # triton: only when asked for (make bench-triton)
+DEFAULT_KINDS = ("mule", "worker", "recipe")
 RESULTS_DIR = PROJECT_ROOT / "bench" / "results"
 
 
@@ -43,9 +44,9 @@ def server_env(kind: str, args: argparse.Namespace, workers: int | None = None) 
     return env
 
 
-def start_server(kind: str, args: argparse.Namespace, probe: bytes) -> Kerasrv | Recipe:
-    if kind == "recipe":
-        server = Recipe(MODEL_PATH)
+def start_server(kind: str, args: argparse.Namespace, probe: bytes) -> Kerasrv | Recipe | Triton:
+    if kind in ("recipe", "triton"):
+        server = Recipe(MODEL_PATH) if kind == "recipe" else Triton(MODEL_PATH, args.triton_python)
         server.start(probe)
         return server
     server = Kerasrv(kind, server_env(kind, args))
@@ -70,11 +71,12 @@ def _mule_batches(before: dict | None, after: dict | None) -> dict[str, Any]:
         "failed": after.get("failed", 0) - before.get("failed", 0),
         "overloaded": after.get("overloaded", 0) - before.get("overloaded", 0),
         "expired": after.get("expired", 0) - before.get("expired", 0),
+        "batch_limit": after.get("batch_limit"),
     }
 
 
-def measure_pair(server: Kerasrv | Recipe, concurrency: int, args: argparse.Namespace, ceiling: Ceiling,
-                 load: Load) -> dict[str, Any]:
+def measure_pair(server: Kerasrv | Recipe | Triton, concurrency: int, args: argparse.Namespace, ceiling: Ceiling,
+                 load: Load, *, requests: list[Request]) -> dict[str, Any]:
     """A ceiling window, then a server window right after it, with what else used the CPU meanwhile."""
     lat1 = ceiling.latency1(args.latency_samples)
     busy0, own0 = system_busy_seconds(), tree_cpu(ceiling.process.pid)
@@ -85,7 +87,7 @@ def measure_pair(server: Kerasrv | Recipe, concurrency: int, args: argparse.Name
     ceil["other_cpu_cores"] = max(0.0, (busy1 - busy0) - (own1 - own0)) / ceil["seconds"]
     stats0 = server.stats()
     cpu0, busy0 = tree_cpu(server.root), system_busy_seconds()
-    window = load.window(server.url, concurrency, args.window)
+    window = load.window(server.url, concurrency, args.window, requests)
     cpu1, busy1 = tree_cpu(server.root), system_busy_seconds()
     mem = memory(server.root)
     stats1 = server.stats()
@@ -128,16 +130,17 @@ def measure_kind(kind: str, args: argparse.Namespace, ceiling: Ceiling, load: Lo
     started = time.monotonic()
     server = start_server(kind, args, bodies[0])
     result: dict[str, Any] = {"kind": kind, "start_s": time.monotonic() - started, "rows": [], "problems": []}
-    result["env"] = server.env if kind != "recipe" else {"command": " ".join(server.command)}
+    result["env"] = server.env if kind in ("mule", "worker") else {"command": " ".join(server.command)}
+    photos_as_requests = server.load_requests(bodies)
     try:
         for concurrency in args.concurrency:
-            warm = load.window(server.url, concurrency, args.warmup)
+            warm = load.window(server.url, concurrency, args.warmup, photos_as_requests)
             drained = wait_idle(server.root)
             _log(f"{kind} c={concurrency}: warm-up {warm.rps:.1f} req/s, {warm.errors} errors, drained {drained:.1f}s")
             pairs: list[dict[str, Any]] = []
             rejected: list[dict[str, Any]] = []
             while len(pairs) < args.pairs and len(rejected) <= args.retries:
-                pair = measure_pair(server, concurrency, args, ceiling, load)
+                pair = measure_pair(server, concurrency, args, ceiling, load, requests=photos_as_requests)
                 window, ceil = pair["server"], pair["ceiling"]
                 other = max(ceil["other_cpu_cores"], pair["other_cpu_cores"])
                 # the last allowed attempt is kept whatever the load, so every row gets its pairs
@@ -170,7 +173,7 @@ def measure_kind(kind: str, args: argparse.Namespace, ceiling: Ceiling, load: Lo
     return result
 
 
-def memory_probe(args: argparse.Namespace, load: Load, probe: bytes) -> list[dict[str, Any]]:
+def memory_probe(args: argparse.Namespace, load: Load, photos: list[bytes]) -> list[dict[str, Any]]:
     """Mule mode with other worker counts: the model must stay a single copy however many workers run."""
     found = []
     for workers in args.memory_probe_workers:
@@ -180,7 +183,7 @@ def memory_probe(args: argparse.Namespace, load: Load, probe: bytes) -> list[dic
         try:
             server.start()
             concurrency = workers * args.threads  # every worker thread busy at once
-            window = load.window(server.url, concurrency, max(args.warmup, 3))
+            window = load.window(server.url, concurrency, max(args.warmup, 3), server.load_requests(photos))
             mem = memory(server.root)
             entry |= {"concurrency": concurrency, "rps": window.rps, "errors": window.errors, "memory": mem}
         except Exception as exc:
@@ -192,7 +195,7 @@ def memory_probe(args: argparse.Namespace, load: Load, probe: bytes) -> list[dic
     return found
 
 
-def machine_info(load: Load, ceiling: Ceiling) -> dict[str, Any]:
+def machine_info(load: Load, ceiling: Ceiling, triton_python: str = "") -> dict[str, Any]:
     def first_line(command: list[str]) -> str:
         try:
             done = subprocess.run(command, capture_output=True, text=True, timeout=30, check=False)
@@ -215,6 +218,8 @@ def machine_info(load: Load, ceiling: Ceiling) -> dict[str, Any]:
         "nginx": first_line([shutil.which("nginx") or "/usr/sbin/nginx", "-v"]),
         "client": load.version(), "user": os.getenv("USER") or str(os.geteuid()),
         "loadavg_start": Path("/proc/loadavg").read_text().split()[:3],
+        "pytriton": triton_python and first_line(
+            [triton_python, "-c", "from importlib.metadata import version; print(version('nvidia-pytriton'))"]),
     }
 
 
@@ -223,7 +228,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--window", type=float, help="seconds per measured window (default 5)")
     parser.add_argument("--pairs", type=int, help="[ceiling, server] window pairs per row (default 5)")
     parser.add_argument("--concurrency", help="client connections, comma-separated (default 1,4,16,32,64)")
-    parser.add_argument("--kinds", default=",".join(KINDS), help="servers to measure: mule,worker,recipe")
+    parser.add_argument("--kinds", default=",".join(DEFAULT_KINDS),
+                        help=f"servers to measure, of {','.join(KINDS)} (default {','.join(DEFAULT_KINDS)})")
+    parser.add_argument("--triton-python", default=os.environ.get("TRITON_PYTHON", ""),
+                        help="the Python of a venv with bench/requirements-triton.txt (or TRITON_PYTHON)")
     parser.add_argument("--warmup", type=float, help="seconds of load before each concurrency (default 3)")
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: 2 s windows, 2 pairs, concurrency 1,16, no memory probe;"
@@ -243,6 +251,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--client-cpu", default="last",
                         help="core to pin the load generator to with taskset: a number, 'last' or 'none'")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="results folder")
+    parser.add_argument("--name", default="",
+                        help="results go to DATE-NAME.*; a named run leaves latest.md alone (as --quick does)")
     args = parser.parse_args(argv)
     # what --quick changes, unless an option says otherwise
     defaults = {"window": (5.0, 2.0), "pairs": (5, 2), "warmup": (3.0, 2.0), "concurrency": ("1,4,16,32,64", "1,16"),
@@ -255,6 +265,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     unknown = set(args.kinds) - set(KINDS)
     if unknown:
         parser.error(f"unknown kinds {sorted(unknown)}; choose from {', '.join(KINDS)}")
+    if "triton" in args.kinds and not args.triton_python:
+        parser.error("the triton kind needs --triton-python or TRITON_PYTHON (see make bench-triton)")
     args.memory_probe_workers = [int(w) for w in str(args.memory_probe_workers).split(",") if w.strip()]
     cores = sorted(os.sched_getaffinity(0))
     args.client_cpu = {"none": None, "last": str(cores[-1])}.get(args.client_cpu, args.client_cpu)
@@ -266,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     began = time.time()
     model = ensure_model()
     bodies = photos()
-    load = Load(bodies, use_wrk=args.client == "wrk", cpus=args.client_cpu)
+    load = Load(use_wrk=args.client == "wrk", cpus=args.client_cpu)
     if load.client != "wrk":
         args.client_cpu = None  # the Python client runs in this process, whose children must not inherit a pin
     _log(f"client: {load.version()}{f', pinned to CPU {args.client_cpu}' if args.client_cpu else ''}")
@@ -275,14 +287,14 @@ def main(argv: list[str] | None = None) -> int:
     kinds: list[dict[str, Any]] = []
     probes: list[dict[str, Any]] = []
     try:
-        info = machine_info(load, ceiling)
+        info = machine_info(load, ceiling, args.triton_python if "triton" in args.kinds else "")
         info["latency1_at_start"] = ceiling.latency1(args.latency_samples)
         _log(f"batch-1 latency at start: {info['latency1_at_start']['latency1_ms']:.1f} ms")
         info["best_batch_ceiling"] = best_batch_ceiling(ceiling, args)
         for kind in args.kinds:
             kinds.append(measure_kind(kind, args, ceiling, load, bodies))
         if "mule" in args.kinds:
-            probes = memory_probe(args, load, bodies[0])
+            probes = memory_probe(args, load, bodies)
     finally:
         ceiling.close()
         load.close()
@@ -308,7 +320,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     results["summary"] = report.summarize(results)
     results["targets"] = report.targets(results)
-    paths = report.write(results, args.out, suffix="-quick" if args.quick else "", latest=not args.quick)
+    suffix = "".join(f"-{part}" for part in (args.name, "quick" if args.quick else "") if part)
+    paths = report.write(results, args.out, suffix=suffix, latest=not suffix)
     print(paths["md"].read_text())
     _log(f"results: {', '.join(str(p) for p in paths.values())}")
     return 0

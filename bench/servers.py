@@ -17,6 +17,8 @@ from typing import Any
 import requests
 
 from app.config import PROJECT_ROOT
+from bench import triton_app
+from bench.load import Request, jpeg_requests
 from tests.server import Server, free_port
 
 LOG_DIR = PROJECT_ROOT / "bench" / "work" / "logs"  # each server's log, kept after it stops
@@ -136,6 +138,10 @@ class Kerasrv:
     def start(self, timeout: float = 300) -> None:
         self.server.start(timeout=timeout)
 
+    @staticmethod
+    def load_requests(photos: list[bytes]) -> list[Request]:
+        return jpeg_requests(photos)
+
     @property
     def root(self) -> int:
         return self.server.process.pid
@@ -161,50 +167,49 @@ class Kerasrv:
         return code
 
 
-class Recipe:
-    """bench/recipe_app.py under one uWSGI process on an HTTP socket, as tutorials deploy it."""
+class _Process:
+    """A server the benchmark runs as one subprocess (and whatever that starts), logging to LOG_DIR."""
 
-    kind = "recipe"
+    kind = ""
 
-    def __init__(self, model_path: Path):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+    def __init__(self, command: list[str], env: dict[str, str], port: int):
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.command = command
+        self.env = env
         LOG_DIR.mkdir(mode=0o755, parents=True, exist_ok=True)
-        self.log_path = LOG_DIR / "recipe.log"
-        self.command = [
-            str(Path(sys.executable).parent / "uwsgi"), "--http-socket", f"127.0.0.1:{self.port}",
-            "--processes", "1", "--need-app", "--module", "bench.recipe_app:app", "--chdir", str(PROJECT_ROOT),
-            "--disable-logging",
-            # uWSGI's plain http-socket closes the connection after each answer; saying so lets the
-            # client reconnect cleanly instead of counting a read error per request.
-            "--add-header", "Connection: close",
-        ]
-        self.env = {**os.environ, "RECIPE_MODEL_PATH": str(model_path), "TF_CPP_MIN_LOG_LEVEL": "2"}
+        self.log_path = LOG_DIR / f"{self.kind}.log"
         self.process: subprocess.Popen | None = None
 
+    @staticmethod
+    def load_requests(photos: list[bytes]) -> list[Request]:
+        return jpeg_requests(photos)
+
     def start(self, probe: bytes, timeout: float = 300) -> None:
+        """Start it and wait until it answers a photo."""
         self._log = open(self.log_path, "wb")  # closed in stop()
         self.process = subprocess.Popen(self.command, cwd=PROJECT_ROOT, env=self.env, stdout=self._log,
                                         stderr=subprocess.STDOUT)
+        request = self.load_requests([probe])[0]
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"the recipe server exited with {self.process.returncode}:\n{self.log()}")
+                raise RuntimeError(f"the {self.kind} server exited with {self.process.returncode}:\n{self.log()}")
             try:
-                answer = requests.post(f"{self.url}/predict", data=probe, headers={"Content-Type": "image/jpeg"},
+                answer = requests.post(f"{self.url}{request.path}", data=request.body, headers=dict(request.headers),
                                        timeout=30)
                 if answer.status_code == 200:
                     return
             except requests.RequestException:
                 pass
             time.sleep(0.5)
-        raise RuntimeError(f"the recipe server was not ready after {timeout}s:\n{self.log()}")
+        raise RuntimeError(f"the {self.kind} server was not ready after {timeout}s:\n{self.log()}")
 
     @property
     def root(self) -> int:
         return self.process.pid
 
-    def stats(self) -> None:
+    def stats(self) -> dict[str, Any] | None:
         return None
 
     def log(self, tail: int = 8000) -> str:
@@ -214,13 +219,70 @@ class Recipe:
         return self.process is not None and self.process.poll() is None
 
     def stop(self) -> int:
+        """SIGINT: uWSGI without a master exits on it (SIGTERM would mean "reload"), and PyTriton
+        stops its tritonserver on KeyboardInterrupt. Anything left after that is killed."""
         if self.alive():
-            # without a master, uWSGI's worker exits on SIGINT (SIGTERM would mean "reload")
+            children = descendants(self.process.pid)
             self.process.send_signal(signal.SIGINT)
             try:
-                self.process.wait(30)
+                self.process.wait(60)
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+            for pid in children:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
         self._log.close()
         return self.process.returncode
+
+
+class Recipe(_Process):
+    """bench/recipe_app.py under one uWSGI process on an HTTP socket, as tutorials deploy it."""
+
+    kind = "recipe"
+
+    def __init__(self, model_path: Path):
+        port = free_port()
+        command = [
+            str(Path(sys.executable).parent / "uwsgi"), "--http-socket", f"127.0.0.1:{port}",
+            "--processes", "1", "--need-app", "--module", "bench.recipe_app:app", "--chdir", str(PROJECT_ROOT),
+            "--disable-logging",
+            # uWSGI's plain http-socket closes the connection after each answer; saying so lets the
+            # client reconnect cleanly instead of counting a read error per request.
+            "--add-header", "Connection: close",
+        ]
+        super().__init__(command, {**os.environ, "RECIPE_MODEL_PATH": str(model_path), "TF_CPP_MIN_LOG_LEVEL": "2"},
+                         port)
+
+
+class Triton(_Process):
+    """bench/triton_app.py: the same model and decode behind Triton's dynamic batcher, via PyTriton,
+    run by the Python of its own venv (TRITON_PYTHON; see bench/requirements-triton.txt)."""
+
+    kind = "triton"
+
+    def __init__(self, model_path: Path, python: str):
+        port, self.metrics_port = free_port(), free_port()
+        command = [python, "-m", "bench.triton_app", str(model_path), str(port), str(free_port()),
+                   str(self.metrics_port)]
+        super().__init__(command, {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(PROJECT_ROOT)}, port)
+
+    @staticmethod
+    def load_requests(photos: list[bytes]) -> list[Request]:
+        found = []
+        for photo in photos:
+            body, header_length = triton_app.v2_request_body(photo)
+            headers = (("Content-Type", "application/octet-stream"),
+                       ("Inference-Header-Content-Length", str(header_length)))
+            found.append(Request(f"/v2/models/{triton_app.MODEL_NAME}/infer", headers, body))
+        return found
+
+    def stats(self) -> dict[str, Any]:
+        """Rows and model calls from Triton's Prometheus metrics, in the shape of the mule's counters."""
+        text = requests.get(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=30).text
+        counters = {line.split("{")[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                    if line.startswith(("nv_inference_count{", "nv_inference_exec_count{"))}
+        return {"batches": counters["nv_inference_exec_count"], "rows": counters["nv_inference_count"],
+                "batch_sizes": {}}
