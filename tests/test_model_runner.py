@@ -52,6 +52,13 @@ def test_warmup_measures_the_cost_of_every_bucket(small_model, tmp_path):
     assert runner.warmup(repeats=0) == runner.batch_costs_ms  # warming again keeps the measurement
 
 
+@pytest.mark.parametrize("overrides", [{"inference_mode": "worker"}, {"batch_autotune": False}])
+def test_warmup_is_not_timed_when_nothing_uses_the_costs(small_model, tmp_path, overrides):
+    path = tmp_path / "small.keras"
+    small_model.save(path)
+    assert load_runner(settings_for(path, **overrides)).batch_costs_ms == {}
+
+
 def test_padding_to_a_bucket_does_not_change_answers(small_model, tmp_path):
     path = tmp_path / "small.keras"
     small_model.save(path)

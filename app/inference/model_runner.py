@@ -121,11 +121,12 @@ def load_runner(settings: Settings) -> ModelRunner:
             f" outputs {outputs[0].shape[0]} classes"
         )
     runner = ModelRunner(spec, call, settings.batch_buckets)
-    timings = runner.warmup()
+    # only the mule's batch limit uses the costs; a worker-mode worker only needs warm shapes
+    runner.warmup(repeats=3 if settings.inference_mode == "mule" and settings.batch_autotune else 0)
     log.info(
         "model %s loaded from %s in %.1fs: input %s %s, outputs %s; ms per call by batch size %s",
         spec.name, path, time.perf_counter() - started, input_spec.shape, input_spec.dtype,
-        [o.shape for o in outputs], {k: round(v, 1) for k, v in timings.items()},
+        [o.shape for o in outputs], {k: round(v, 1) for k, v in runner.batch_costs_ms.items()} or "not timed",
     )
     return runner
 
