@@ -13,6 +13,8 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from app.inference.batching import per_row_ms
+
 # The targets for mule mode, and what it measured for other servers on this machine.
 THROUGHPUT_TARGET = 1.0  # x ceiling at c=16 and c=32
 P50_FACTOR, P50_SLACK_MS = 1.10, 3.0  # p50 at c=1 <= 1.10 x batch-1 latency + 3 ms
@@ -133,7 +135,8 @@ def _best_batch_note(results: dict[str, Any]) -> list[str]:
     if not best:
         return []
     batch16 = results["settings"]["ceiling"]["batch"]
-    per_row = {size: round(ms / int(size), 1) for size, ms in (best.get("batch_cost_ms") or {}).items()}
+    costs = {int(size): ms for size, ms in (best.get("batch_cost_ms") or {}).items()}  # JSON keys are strings
+    per_row = {str(size): round(ms, 1) for size, ms in per_row_ms(costs).items()}
     limits = sorted({p["batches"].get("batch_limit") for k in results["kinds"] if k["kind"] == "mule"
                      for r in k["rows"] for p in r["pairs"]} - {None})
     text = (f"The issue's ceiling uses batches of {batch16}. Timed at its own warm-up, the cheapest batch per row"

@@ -17,11 +17,16 @@ from collections import deque
 from dataclasses import dataclass, field
 
 
+def per_row_ms(costs_ms: dict[int, float]) -> dict[int, float]:
+    """Batch size -> time per row, from batch size -> time per call (sizes never timed left out)."""
+    return {size: ms / size for size, ms in costs_ms.items() if ms > 0}
+
+
 def efficient_batch(costs_ms: dict[int, float], tolerance: float = 0.05) -> int | None:
     """The largest batch size whose time per row is within `tolerance` of the cheapest one; None
     when nothing was measured. Ties go to the larger size: it costs the same per row and leaves
     fewer requests waiting for the next call."""
-    per_row = {size: ms / size for size, ms in costs_ms.items() if ms > 0}
+    per_row = per_row_ms(costs_ms)
     if not per_row:
         return None
     cheapest = min(per_row.values())

@@ -26,7 +26,7 @@ import numpy as np
 
 from app.config import Settings
 from app.inference import wire
-from app.inference.batching import BatchPolicy, Pending, efficient_batch
+from app.inference.batching import BatchPolicy, Pending, efficient_batch, per_row_ms
 from app.inference.model_runner import ModelLoadError, ModelRunner
 
 log = logging.getLogger(__name__)
@@ -101,7 +101,7 @@ class MuleServer:
         if best is None:
             return self.settings.max_batch_size
         if best < self.settings.max_batch_size:
-            per_row = {size: round(ms / size, 2) for size, ms in runner.batch_costs_ms.items()}
+            per_row = {size: round(ms, 2) for size, ms in per_row_ms(runner.batch_costs_ms).items()}
             log.info("batch limit %d: the cheapest per row (ms per row by batch size %s);"
                      " BATCH_AUTOTUNE=off uses MAX_BATCH_SIZE=%d", best, per_row, self.settings.max_batch_size)
         return best
