@@ -69,7 +69,7 @@ class ModelRunner:
             results.append(self.run_padded(self._buffer, len(chunk)))
         return [np.concatenate(parts) for parts in zip(*results)]
 
-    def warmup(self, repeats: int = 3) -> dict[int, float]:
+    def warmup(self, repeats: int) -> dict[int, float]:
         """Call every bucket size once so no client pays for a first call, then time each size
         `repeats` more times and keep the median: the batch cost T(n) that the mule's batch limit
         is chosen from. The timed passes are interleaved, so a slow spell on a shared machine
