@@ -30,7 +30,7 @@ def _backend() -> Backend:
 def _ready_spec() -> ModelSpec:
     status = _backend().status()
     if not status.ready:
-        raise NotReady((status.error and f"model failed to load: {status.error}") or "the model is still loading")
+        raise NotReady(status.reason)
     return status.spec
 
 
@@ -105,8 +105,7 @@ def ready():
     body = {"model": _settings().model_name, "mode": backend.mode, "state": status.state}
     if status.ready:
         return jsonify(status="ready", **body)
-    message = f"model failed to load: {status.error}" if status.error else "the model is still loading"
-    response = jsonify(error=message, code="not_ready", **body)
+    response = jsonify(error=status.reason, code="not_ready", **body)
     response.status_code = 503
     response.headers["Retry-After"] = "1"
     return response

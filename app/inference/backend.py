@@ -59,6 +59,11 @@ class Prediction:
     info: dict = field(default_factory=dict)
 
 
+def not_ready_reason(error: str | None) -> str:
+    """What a client is told while the model cannot serve: the load error, or that it is loading."""
+    return f"model failed to load: {error}" if error else "the model is still loading"
+
+
 @dataclass
 class Status:
     state: str  # "loading", "ready" or "failed"
@@ -69,6 +74,11 @@ class Status:
     @property
     def ready(self) -> bool:
         return self.state == "ready" and self.spec is not None
+
+    @property
+    def reason(self) -> str:
+        """Why it is not ready (see not_ready_reason)."""
+        return not_ready_reason(self.error)
 
 
 class Backend(Protocol):

@@ -14,7 +14,14 @@ import time
 import numpy as np
 
 from app.config import Settings
-from app.inference.backend import DeadlineExceeded, InferenceFailed, NotReady, Prediction, Status
+from app.inference.backend import (
+    DeadlineExceeded,
+    InferenceFailed,
+    NotReady,
+    Prediction,
+    Status,
+    not_ready_reason,
+)
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +57,7 @@ class LocalBackend:
     def predict(self, rows: np.ndarray, deadline: float) -> Prediction:
         runner = self._runner
         if runner is None:
-            raise NotReady(f"model failed to load: {self._error}")
+            raise NotReady(not_ready_reason(self._error))
         with self._lock:
             if time.monotonic() > deadline:
                 raise DeadlineExceeded("the request waited too long for the model")

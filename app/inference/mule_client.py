@@ -6,6 +6,7 @@ status answer. Each worker thread owns one slot and one connection, so nothing i
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import socket
@@ -111,15 +112,9 @@ class MuleClient:
                 raise ConnectionResetError("the mule closed the connection")
             if message[0] == wire.STATUS:
                 break  # replies to earlier, abandoned requests are skipped
-        data = wire.unpack_status(message)
-        spec = ModelSpec.from_dict(data["spec"]) if data.get("spec") else None
-        channel.status = Status(data["state"], error=data.get("error"), spec=spec, stats=data.get("stats", {}))
-        if spec is not None and channel.spec != spec:
-            channel.spec = spec
-            layout = data["layout"]
-            channel.layout = wire.SlotLayout(layout["slot_bytes"], layout["rows"], tuple(layout["output_offsets"]))
-        elif spec is None:
-            channel.spec = None
+        answer = wire.MuleStatus.unpack(message)
+        channel.status = Status(answer.state, answer.error, answer.spec, dataclasses.asdict(answer.stats))
+        channel.spec, channel.layout = answer.spec, answer.layout
 
     # --- inference ------------------------------------------------------------------------
 
@@ -128,8 +123,7 @@ class MuleClient:
         if channel.spec is None:  # the route's readiness check has usually refreshed it already
             status = self.status()
             if not status.ready:
-                reason = f"model failed to load: {status.error}" if status.error else "the model is still loading"
-                raise NotReady(reason)
+                raise NotReady(status.reason)
         outputs: list[list[np.ndarray]] = []
         batch_sizes = []
         step = channel.layout.rows

@@ -10,7 +10,6 @@ respawns a dead mule without any throttle, so dying would be a crash loop.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import queue
@@ -26,6 +25,7 @@ import numpy as np
 
 from app.config import Settings
 from app.inference import wire
+from app.inference.backend import not_ready_reason
 from app.inference.batching import BatchPolicy, Pending, efficient_batch, per_row_ms
 from app.inference.model_runner import ModelLoadError, ModelRunner
 
@@ -64,6 +64,7 @@ class MuleServer:
         self._executor = ThreadPoolExecutor(settings.model_concurrency, thread_name_prefix="model")
         self._free_buffers: list[np.ndarray] = []
         self._completed: queue.SimpleQueue = queue.SimpleQueue()
+        self.rows_in_flight = 0
         self._wake_read, self._wake_write = os.pipe()
         os.set_blocking(self._wake_read, False)
         self._selector.register(self._wake_read, selectors.EVENT_READ)
@@ -185,13 +186,17 @@ class MuleServer:
             if message[0] == wire.INFER:
                 self._enqueue(conn, message)
             elif message[0] == wire.STATUS:
-                self._send(conn, wire.pack_status(self.status()))
+                self._send(conn, self.status().pack())
 
     def _enqueue(self, conn: socket.socket, message: bytes) -> None:
         slot, seq, rows, deadline = wire.unpack_infer(message)
-        pending = Pending(conn, slot, seq, rows, deadline, time.monotonic())
-        if self.runner is None:
-            self._reply(pending, wire.NOT_READY, message=self.error or "the model is still loading")
+        now = time.monotonic()
+        pending = Pending(conn, slot, seq, rows, deadline, now)
+        if deadline <= now:  # shed at once, and counted before any later message is answered
+            self.counts["expired"] += 1
+            self._reply(pending, wire.EXPIRED, message="deadline passed before the model was reached")
+        elif self.runner is None:
+            self._reply(pending, wire.NOT_READY, message=not_ready_reason(self.error))
         elif slot >= self.settings.n_slots or not 0 < rows <= self.layout.rows:
             self._reply(pending, wire.FAILED, message=f"bad request: slot {slot}, {rows} rows")
         elif not self.policy.admit(pending):
@@ -209,6 +214,7 @@ class MuleServer:
         for pending in batch:
             buffer[offset : offset + pending.rows] = layout.input_view(self.shm, pending.slot, spec, pending.rows)
             offset += pending.rows
+        self.rows_in_flight += total
         self._guard(max(1, self.settings.harakiri_s))
         self._executor.submit(self._execute, batch, buffer, total)
 
@@ -231,6 +237,7 @@ class MuleServer:
             except queue.Empty:
                 break
             self._free_buffers.append(buffer)
+            self.rows_in_flight -= total
             if len(self._free_buffers) == self.settings.model_concurrency:
                 self._guard(0)
             if error is not None:
@@ -272,34 +279,28 @@ class MuleServer:
         self._selector.unregister(conn)
         conn.close()
 
-    def status(self) -> dict:
-        state = "ready" if self.runner else ("failed" if self.error else "loading")
-        batches = self.counts["batches"]
-        return {
-            "state": state,
-            "error": self.error,
-            "spec": self.runner.spec.to_dict() if self.runner else None,
-            "layout": dataclasses.asdict(self.layout) if self.layout else None,
-            "stats": {
-                "pid": os.getpid(),
-                "batches": batches,
-                "rows": self.counts["rows"],
-                "mean_batch_size": round(self.counts["rows"] / batches, 3) if batches else 0.0,
-                "batch_sizes": {str(k): v for k, v in sorted(self.batch_sizes.items())},
-                "mean_compute_ms": round(self.compute_ms_total / batches, 3) if batches else 0.0,
-                "queued_rows": self.policy.queued_rows,
-                "expired": self.counts["expired"],
-                "overloaded": self.counts["overloaded"],
-                "failed": self.counts["failed"],
-                "buckets": list(self.runner.buckets) if self.runner else [],
-                "batch_limit": self.policy.max_batch,
-                "batch_cost_ms": {str(k): round(v, 2) for k, v in self.runner.batch_costs_ms.items()}
-                if self.runner else {},
-                "model_concurrency": self.settings.model_concurrency,
-                "batches_in_flight": self.settings.model_concurrency - len(self._free_buffers)
-                if self.runner else 0,
-            },
-        }
+    def status(self) -> wire.MuleStatus:
+        runner, batches = self.runner, self.counts["batches"]
+        stats = wire.MuleStats(
+            pid=os.getpid(),
+            batches=batches,
+            rows=self.counts["rows"],
+            mean_batch_size=round(self.counts["rows"] / batches, 3) if batches else 0.0,
+            batch_sizes={str(k): v for k, v in sorted(self.batch_sizes.items())},
+            mean_compute_ms=round(self.compute_ms_total / batches, 3) if batches else 0.0,
+            queued_rows=self.policy.queued_rows,
+            expired=self.counts["expired"],
+            overloaded=self.counts["overloaded"],
+            failed=self.counts["failed"],
+            buckets=list(runner.buckets) if runner else [],
+            batch_limit=self.policy.max_batch,
+            batch_cost_ms={str(k): round(v, 2) for k, v in runner.batch_costs_ms.items()} if runner else {},
+            model_concurrency=self.settings.model_concurrency,
+            batches_in_flight=self.settings.model_concurrency - len(self._free_buffers) if runner else 0,
+            rows_in_flight=self.rows_in_flight,
+        )
+        state = "ready" if runner else ("failed" if self.error else "loading")
+        return wire.MuleStatus(state, stats, self.error, runner.spec if runner else None, self.layout)
 
 
 def run() -> None:

@@ -11,9 +11,10 @@ boundaries for free, and a hang-up is seen at once on either side.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -23,7 +24,7 @@ ALIGN = 64
 
 # worker -> mule
 INFER = 1  # payload: slot, seq, rows, deadline (CLOCK_MONOTONIC seconds, shared by all processes)
-STATUS = 2  # no payload; the mule answers with STATUS + JSON
+STATUS = 2  # no payload; the mule answers with MuleStatus.pack()
 # mule -> worker: REPLY answers INFER
 REPLY = 3
 
@@ -50,14 +51,6 @@ def pack_reply(seq: int, code: int, batch_size: int = 0, compute_ms: float = 0.0
 def unpack_reply(message: bytes) -> tuple[int, int, int, float, str]:
     _, seq, code, batch_size, compute_ms = _REPLY.unpack_from(message)
     return seq, code, batch_size, compute_ms, message[_REPLY.size :].decode(errors="replace")
-
-
-def pack_status(status: dict) -> bytes:
-    return bytes([STATUS]) + json.dumps(status).encode()
-
-
-def unpack_status(message: bytes) -> dict:
-    return json.loads(message[1:])
 
 
 def _align(n: int) -> int:
@@ -98,3 +91,51 @@ class SlotLayout:
             np.ndarray((rows, *out.shape), dtype=out.dtype, buffer=shm, offset=base + offset)
             for out, offset in zip(spec.outputs, self.output_offsets)
         ]
+
+
+@dataclass(frozen=True)
+class MuleStats:
+    """The mule's counters, as /stats publishes them."""
+
+    pid: int
+    batches: int = 0
+    rows: int = 0
+    mean_batch_size: float = 0.0
+    batch_sizes: dict[str, int] = field(default_factory=dict)  # rows in a batch -> batches run
+    mean_compute_ms: float = 0.0
+    queued_rows: int = 0
+    expired: int = 0
+    overloaded: int = 0
+    failed: int = 0
+    buckets: list[int] = field(default_factory=list)
+    batch_limit: int = 0
+    batch_cost_ms: dict[str, float] = field(default_factory=dict)  # batch size -> warm-up time
+    model_concurrency: int = 1
+    batches_in_flight: int = 0
+    rows_in_flight: int = 0
+
+
+@dataclass(frozen=True)
+class MuleStatus:
+    """The mule's answer to STATUS: its state, and once ready the spec and slot layout workers need."""
+
+    state: str  # "loading", "ready" or "failed"
+    stats: MuleStats
+    error: str | None = None
+    spec: ModelSpec | None = None
+    layout: SlotLayout | None = None
+
+    def pack(self) -> bytes:
+        return bytes([STATUS]) + json.dumps(dataclasses.asdict(self)).encode()
+
+    @classmethod
+    def unpack(cls, message: bytes) -> MuleStatus:
+        data = json.loads(message[1:])
+        layout = data["layout"] and {**data["layout"], "output_offsets": tuple(data["layout"]["output_offsets"])}
+        return cls(
+            state=data["state"],
+            stats=MuleStats(**data["stats"]),
+            error=data["error"],
+            spec=ModelSpec.from_dict(data["spec"]) if data["spec"] else None,
+            layout=SlotLayout(**layout) if layout else None,
+        )
