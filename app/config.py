@@ -121,6 +121,11 @@ class Settings:
         return self.runtime_dir / "mule.sock"
 
     @property
+    def stop_marker(self) -> Path:
+        """Written by app.launch before it passes a stop on (see app/wsgi.py)."""
+        return self.runtime_dir / "stopping"
+
+    @property
     def harakiri_s(self) -> int:
         """uWSGI kills a worker stuck this long: past the app's own deadline, so the app answers 504 first."""
         return self.request_timeout_ms // 1000 + 10

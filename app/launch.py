@@ -76,6 +76,7 @@ def prepare(settings: Settings, env: dict[str, str]) -> dict[str, str]:
     for sub in ("", "nginx", "nginx/body", "nginx/temp"):
         (runtime / sub).mkdir(parents=True, exist_ok=True)
     (runtime / FATAL_MARKER).unlink(missing_ok=True)
+    settings.stop_marker.unlink(missing_ok=True)
     user = service_user(settings)
     if os.geteuid() == 0:
         # the unprivileged uWSGI creates its sockets here
@@ -158,6 +159,8 @@ def main() -> int:
     )
 
     def forward(signum, _frame):
+        if signum != signal.SIGHUP:
+            settings.stop_marker.touch()
         child.send_signal(signum)
 
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP):
