@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: run test install install-dev lint bench bench-triton demo-model clean
+.PHONY: run test test-fast test-stress install install-dev lint bench bench-triton demo-model clean
 
 run: install
 	$(PY) -m app.launch
@@ -10,6 +10,14 @@ run: install
 test: install-dev
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q tests
+
+# Unit and in-process model tests only: no nginx, uWSGI or supervisord started.
+test-fast: install-dev
+	$(PY) -m pytest -q -m "not e2e" tests
+
+# The suite 5 times in a row, then the protocol, batching and e2e tests 3 times beside a CPU hog.
+test-stress: install-dev
+	VENV=$(VENV) scripts/test-stress.sh
 
 install:
 	VENV=$(VENV) scripts/install.sh

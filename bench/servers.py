@@ -19,28 +19,11 @@ import requests
 from app.config import PROJECT_ROOT
 from bench import triton_app
 from bench.load import Request, jpeg_requests
-from tests.server import Server, free_port
+from tools.local_server import LocalServer, descendants, free_port, wait_for
 
 LOG_DIR = PROJECT_ROOT / "bench" / "work" / "logs"  # each server's log, kept after it stops
 TF_MARKER = "libtensorflow_framework"  # mapped by every process that imported TensorFlow
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def descendants(root: int) -> list[int]:
-    """`root` and every process below it, from /proc (parent links)."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    found, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        found.append(pid)
-        todo.extend(children.get(pid, []))
-    return found
 
 
 def _rollup(pid: int) -> dict[str, int]:
@@ -126,13 +109,13 @@ def wait_idle(root: int, max_s: float = 60, step_s: float = 0.5, busy_share: flo
 
 
 class Kerasrv:
-    """The real stack (app.launch) in mule or worker mode, via the tests' Server helper."""
+    """The real stack (app.launch) in mule or worker mode, started as the end-to-end tests start it."""
 
     def __init__(self, kind: str, env: dict[str, str], label: str | None = None):
         self.kind = kind
         self.env = env
         self.server_name = label or kind
-        self.server = Server(env, name=f"bench-{self.server_name}")
+        self.server = LocalServer(env, name=f"bench-{self.server_name}")
         self.url = self.server.url
 
     def start(self, timeout: float = 300) -> None:
@@ -159,7 +142,7 @@ class Kerasrv:
         return self.server.process.poll() is None
 
     def stop(self) -> int:
-        """Stop it, keeping its log in bench/work/logs (the helper deletes its runtime dir on a clean exit)."""
+        """Stop it, keeping its log in bench/work/logs (LocalServer deletes its runtime dir on a clean exit)."""
         LOG_DIR.mkdir(mode=0o755, parents=True, exist_ok=True)
         text = self.server.log_path.read_text(errors="replace") if self.server.log_path.exists() else ""
         code = self.server.stop()
@@ -191,19 +174,20 @@ class _Process:
         self.process = subprocess.Popen(self.command, cwd=PROJECT_ROOT, env=self.env, stdout=self._log,
                                         stderr=subprocess.STDOUT)
         request = self.load_requests([probe])[0]
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+
+        def answers() -> bool:
             if self.process.poll() is not None:
                 raise RuntimeError(f"the {self.kind} server exited with {self.process.returncode}:\n{self.log()}")
             try:
-                answer = requests.post(f"{self.url}{request.path}", data=request.body, headers=dict(request.headers),
-                                       timeout=30)
-                if answer.status_code == 200:
-                    return
+                return requests.post(f"{self.url}{request.path}", data=request.body, headers=dict(request.headers),
+                                     timeout=30).status_code == 200
             except requests.RequestException:
-                pass
-            time.sleep(0.5)
-        raise RuntimeError(f"the {self.kind} server was not ready after {timeout}s:\n{self.log()}")
+                return False
+
+        try:
+            wait_for(answers, timeout, f"the {self.kind} server answering a photo", interval=0.5)
+        except TimeoutError as exc:
+            raise RuntimeError(f"{exc}:\n{self.log()}") from None
 
     @property
     def root(self) -> int:

@@ -2,7 +2,8 @@
 # Install what kerasrv needs on Debian/Ubuntu: nginx and build tools from apt (when root), and a
 # Python venv with the pinned packages. Used by `make run`, `make test`, CI and the Dockerfile.
 #   scripts/install.sh          runtime only
-#   scripts/install.sh dev      plus tests, lint, training and benchmark tools
+#   scripts/install.sh dev      plus tests, lint, training and benchmark tools, and from apt
+#                               iproute2 (ss), stress-ng and the shell linter
 # Environment: VENV (default .venv), PYTHON (default python3), TF_PACKAGE (e.g. "tensorflow[and-cuda]==2.21.0"
 # for the GPU build instead of tensorflow-cpu).
 set -euo pipefail
@@ -19,6 +20,11 @@ pyver=$("$python" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_inf
 "$python" -c 'import sysconfig, os, sys; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' \
     || missing+=("python${pyver}-dev")
 "$python" -c 'import ensurepip' >/dev/null 2>&1 || missing+=("python${pyver}-venv")
+if [ "$profile" = dev ]; then
+    command -v ss >/dev/null 2>&1 || missing+=(iproute2)          # tests count requests waiting at the mule
+    command -v shellcheck >/dev/null 2>&1 || missing+=(shellcheck)
+    command -v stress-ng >/dev/null 2>&1 || missing+=(stress-ng)  # make test-stress
+fi
 
 if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then

@@ -1,16 +1,26 @@
-"""Shared fixtures: models made for the tests, and real servers started on free loopback ports."""
+"""Fixtures (models made for the tests, real servers on free loopback ports) and the markers.
+
+tests/unit: no uWSGI, no TensorFlow; tests/model: TensorFlow in this process; tests/e2e (and any
+test marked so): the real stack, marked `e2e`, so `pytest -m "not e2e"` is the fast run. Shared helpers live in
+tests/doubles.py and tools/local_server.py, never here.
+"""
 
 from __future__ import annotations
 
-import io
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
-from tests.server import Server, world_readable_dir
+from tools.local_server import LocalServer, world_readable_dir
+
+TESTS = Path(__file__).parent
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if (TESTS / "e2e") in Path(item.fspath).parents:
+            item.add_marker(pytest.mark.e2e)
 
 
 @pytest.fixture(scope="session")
@@ -48,26 +58,17 @@ def tabular_path(model_dir) -> Path:
 
 @pytest.fixture
 def start_server():
-    """Start servers with given environment overrides; all are stopped at the end of the test."""
-    servers: list[Server] = []
+    """Start servers with given environment overrides; each must stop cleanly (exit 0 on SIGTERM)
+    at the end of the test, unless the test expects otherwise and stops it itself."""
+    servers: list[LocalServer] = []
 
-    def start(env: dict[str, str] | None = None, wait_ready: bool = True, name: str = "test") -> Server:
-        server = Server(env, name=name)
+    def start(env: dict[str, str] | None = None, wait_ready: bool = True, name: str = "test") -> LocalServer:
+        server = LocalServer(env, name=name)
         servers.append(server)
         return server.start(wait_ready=wait_ready)
 
     yield start
     for server in servers:
-        server.stop()
-
-
-def png_bytes(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def jpeg_bytes(array: np.ndarray, quality: int = 90) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="JPEG", quality=quality)
-    return buffer.getvalue()
+        running = server.process.poll() is None
+        code = server.stop()
+        assert not running or code == 0, f"{server.url}: exit {code} on SIGTERM:\n{server.log()}"

@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 import requests
 
-from tests.server import Server
+from tools.local_server import LocalServer, wait_for
 from training.digits import heldout_split, render_png
 
 
 @pytest.fixture(scope="module")
 def server():
-    started = Server({"WORKERS": "2", "THREADS": "8"}, name="mule").start()
+    started = LocalServer({"WORKERS": "2", "THREADS": "8"}, name="mule").start()
     yield started
     assert started.stop() == 0, started.log()
 
@@ -40,39 +40,30 @@ def scores(response: requests.Response) -> dict[str, float]:
 
 
 def test_concurrent_requests_are_batched_and_answers_match_single_requests(server, digit_pngs):
-    alone = [scores(predict(server.url, png)) for png in digit_pngs]
-    before = requests.get(f"{server.url}/stats").json()
-    batch_headers: list[int] = []
-
-    def client(i: int):
-        with requests.Session() as session:
-            out = []
-            for round_ in range(4):
-                index = (i + round_ * 7) % len(digit_pngs)
-                response = predict(server.url, digit_pngs[index], session)
-                assert response.status_code == 200, response.text
-                batch_headers.append(int(response.headers["X-Batch-Size"]))
-                out.append((index, scores(response)))
-            return out
-
-    with ThreadPoolExecutor(16) as pool:
-        results = [item for chunk in pool.map(client, range(16)) for item in chunk]
-    for index, got in results:
-        expected = alone[index]
+    """16 requests reach the (stopped) mule together: they run in as few batches as its batch
+    limit allows, and each gets the answer it gets alone."""
+    alone = [scores(predict(server.url, png)) for png in digit_pngs[:16]]
+    server.connect_every_thread()
+    before = server.stats()
+    with ThreadPoolExecutor(16) as pool, server.mule_stopped():
+        futures = [pool.submit(predict, server.url, png) for png in digit_pngs[:16]]
+        wait_for(lambda: server.requests_at_mule() == 16, 60, "16 requests waiting at the mule")
+    responses = [future.result(60) for future in futures]
+    for response, expected in zip(responses, alone):
+        assert response.status_code == 200, response.text
+        got = scores(response)
         assert got.keys() == expected.keys()
         for label, score in got.items():
             assert score == pytest.approx(expected[label], abs=1e-5)
-    after = requests.get(f"{server.url}/stats").json()
-    rows = after["rows"] - before["rows"]
-    batches = after["batches"] - before["batches"]
-    assert rows == 64
-    assert batches < rows, "no batch larger than one formed under 16 concurrent clients"
-    assert max(batch_headers) > 1
-    assert any(int(size) > 1 for size in after["batch_sizes"])
+    after = server.stats()
+    limit = after["batch_limit"]
+    assert after["rows"] - before["rows"] == 16
+    assert after["batches"] - before["batches"] == -(-16 // limit)
+    assert max(int(r.headers["X-Batch-Size"]) for r in responses) == min(16, limit)
     # the limit the mule chose from the batch costs it measured at warm-up, and kept to
     assert set(after["batch_cost_ms"]) == {str(size) for size in after["buckets"]}
-    assert after["batch_limit"] in after["buckets"]
-    assert max(int(size) for size in after["batch_sizes"]) <= after["batch_limit"]
+    assert limit in after["buckets"]
+    assert max(int(size) for size in after["batch_sizes"]) <= limit
 
 
 def test_lone_requests_are_not_delayed(server, digit_pngs):
@@ -109,29 +100,26 @@ def test_killing_the_mule_under_load_gives_clean_503s_then_recovery(server, digi
                     if elapsed > 5:
                         slow.append(elapsed)
 
+    def new_mule_ready() -> bool:
+        try:
+            ready = requests.get(f"{server.url}/health/ready", timeout=5).status_code == 200
+            return ready and server.stats().get("pid") not in (None, old_mule)  # no pid: mule unreachable
+        except requests.RequestException:
+            return False
+
     threads = [threading.Thread(target=client, args=(i,)) for i in range(8)]
     for thread in threads:
         thread.start()
-    time.sleep(2)
-    os.kill(old_mule, signal.SIGKILL)
-    recovered = False
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        time.sleep(0.5)
-        try:
-            ready = requests.get(f"{server.url}/health/ready", timeout=5).status_code == 200
-            if ready and server.mule_pid() != old_mule:
-                recovered = True
-                break
-        except requests.RequestException:
-            pass
-    ok_before_end = outcomes["ok"]
-    time.sleep(2)
-    stop.set()
-    for thread in threads:
-        thread.join(30)
-    assert recovered, server.log()
-    assert outcomes["ok"] > ok_before_end, f"no successes after recovery: {outcomes}"
+    try:
+        wait_for(lambda: outcomes["ok"] >= 16, 60, "16 answers before the kill")
+        os.kill(old_mule, signal.SIGKILL)
+        wait_for(new_mule_ready, 90, "a new mule, ready", interval=0.2)
+        ok_at_recovery = outcomes["ok"]
+        wait_for(lambda: outcomes["ok"] > ok_at_recovery, 60, f"successes after recovery ({outcomes})")
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(60)
     errors = {k: v for k, v in outcomes.items() if k != "ok"}
     assert errors, "killing the mule went unnoticed?"
     assert set(errors) <= {"503 backend_unavailable", "503 not_ready"}, outcomes
@@ -139,22 +127,22 @@ def test_killing_the_mule_under_load_gives_clean_503s_then_recovery(server, digi
 
 
 def test_killing_a_worker_mid_request_leaves_no_wedged_slot(server, digit_pngs):
+    server.connect_every_thread()
     workers = server.worker_pids()
     assert len(workers) == 2
     files = [("image", ("d.png", digit_pngs[0]))] * 64
     in_flight = threading.Thread(
         target=lambda: _swallow(lambda: requests.post(f"{server.url}/predict", files=files, timeout=30))
     )
-    in_flight.start()
-    time.sleep(0.05)
-    for pid in workers:
-        os.kill(pid, signal.SIGKILL)
+    with server.mule_stopped():  # the request cannot finish: it is mid-request for sure when the workers die
+        in_flight.start()
+        wait_for(lambda: server.requests_at_mule() == 1, 30, "the request waiting at the mule")
+        for pid in workers:
+            os.kill(pid, signal.SIGKILL)
     in_flight.join(30)
     # respawned workers reuse the slots of the dead ones: every slot must still work
-    deadline = time.monotonic() + 60
-    while set(server.worker_pids()) & set(workers) or len(server.worker_pids()) < 2:
-        assert time.monotonic() < deadline, "workers were not respawned"
-        time.sleep(0.2)
+    wait_for(lambda: not set(server.worker_pids()) & set(workers) and len(server.worker_pids()) == 2, 60,
+             "workers respawned")
 
     def one(i: int) -> int:
         return predict(server.url, digit_pngs[i % len(digit_pngs)]).status_code
@@ -175,9 +163,12 @@ def test_deadline_answers_504(start_server, digit_pngs):
 
 
 def test_full_queue_answers_503_with_retry_after(start_server, digit_pngs):
+    """16 requests of 16 rows reach the mule at once; its queue holds 4 rows (one 4-row chunk):
+    one request is admitted and goes on chunk by chunk, the other 15 get 503 at once."""
     server = start_server(
         {"MAX_QUEUE_ROWS": "4", "WORKERS": "2", "THREADS": "8", "MAX_BATCH_SIZE": "4"}, name="queue",
     )
+    server.connect_every_thread()
     files = [("image", ("d.png", digit_pngs[0]))] * 16
 
     def one(_):
@@ -185,12 +176,13 @@ def test_full_queue_answers_503_with_retry_after(start_server, digit_pngs):
         return response.status_code, response.json().get("code"), response.headers.get("Retry-After")
 
     with ThreadPoolExecutor(16) as pool:
-        outcomes = list(pool.map(one, range(32)))
+        with server.mule_stopped():
+            futures = [pool.submit(one, i) for i in range(16)]
+            wait_for(lambda: server.requests_at_mule() == 16, 60, "16 requests waiting at the mule")
+        outcomes = [future.result(60) for future in futures]
     codes = Counter((status, code) for status, code, _ in outcomes)
-    assert (503, "overloaded") in codes, codes
+    assert codes == {(200, None): 1, (503, "overloaded"): 15}, codes
     assert all(retry for status, _, retry in outcomes if status == 503)
-    assert (200, None) in codes
-    assert set(codes) <= {(200, None), (503, "overloaded")}, codes
 
 
 def _swallow(call):

@@ -1,8 +1,4 @@
-"""The HTTP API through Flask's test client, with a fake backend in place of the model.
-
-The fake computes its outputs from the rows it is given, so an answer shows that the right image
-reached it, decoded and normalised the right way.
-"""
+"""The HTTP API through Flask's test client, with tests.doubles.FakeBackend in place of the model."""
 
 from __future__ import annotations
 
@@ -18,69 +14,12 @@ from PIL import Image
 from app import create_app
 from app.config import Settings
 from app.inference.backend import (
-    BackendError,
     DeadlineExceeded,
     InferenceFailed,
     NotReady,
     Overloaded,
-    Prediction,
-    Status,
 )
-from app.inference.spec import ModelSpec, TensorSpec
-
-N_CLASSES = 10
-LABELS = tuple(f"class-{i}" for i in range(N_CLASSES))
-
-IMAGE_SPEC = ModelSpec(
-    name="digits",
-    input=TensorSpec("pixels", (8, 8, 3), "float32"),
-    outputs=(TensorSpec("probs", (N_CLASSES,), "float32"),),
-    labels=LABELS,
-    preprocess="unit",
-)
-TENSOR_SPEC = ModelSpec(
-    name="tabular",
-    input=TensorSpec("features", (4,), "float32"),
-    outputs=(TensorSpec("stats", (2,), "float32"),),
-)
-
-
-class FakeBackend:
-    """Implements app.inference.backend.Backend.
-
-    Image model: softmax over 10 classes peaking at class round(9 * mean pixel), the pixels being
-    in [0, 1] after the "unit" preprocessing. Tensor model: [sum, max] of each row.
-    """
-
-    mode = "fake"
-
-    def __init__(self, spec: ModelSpec = IMAGE_SPEC, state: str = "ready", error: str | None = None,
-                 raises: BackendError | None = None):
-        self.spec = spec
-        self.state = state
-        self.error = error
-        self.raises = raises
-        self.calls: list[tuple[np.ndarray, float]] = []
-
-    def status(self, fresh: bool = False) -> Status:
-        spec = self.spec if self.state == "ready" else None
-        return Status(state=self.state, error=self.error, spec=spec, stats={"requests": len(self.calls)})
-
-    def predict(self, rows: np.ndarray, deadline: float) -> Prediction:
-        self.calls.append((rows.copy(), deadline))
-        if self.raises is not None:
-            raise self.raises
-        assert rows.shape[1:] == self.spec.input.shape
-        assert rows.dtype == np.dtype(self.spec.input.dtype)
-        if self.spec.is_image:
-            return Prediction([softmax_scores(rows.reshape(len(rows), -1).mean(axis=1))], batch_size=len(rows))
-        return Prediction([np.stack([rows.sum(axis=1), rows.max(axis=1)], axis=1)], batch_size=len(rows))
-
-
-def softmax_scores(means: np.ndarray) -> np.ndarray:
-    logits = -3.0 * np.abs(means[:, None] * (N_CLASSES - 1) - np.arange(N_CLASSES)[None, :])
-    exp = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return (exp / exp.sum(axis=1, keepdims=True)).astype(np.float32)
+from tests.doubles import LABELS, N_CLASSES, TENSOR_SPEC, FakeBackend, softmax_scores
 
 
 def make_client(backend: FakeBackend | None = None, **overrides):

@@ -6,14 +6,13 @@ then the server's decode_image and normalize (PREPROCESS=unit). Both ink polarit
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
+from app.config import PROJECT_ROOT
 from training.digits import LABELS, heldout_split, render_png, to_model_input
 
-MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
+MODELS_DIR = PROJECT_ROOT / "models"
 MIN_ACCURACY = 0.95
 
 

@@ -20,15 +20,13 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from dataclasses import fields
 from pathlib import Path
 
 import pytest
-import requests
 
 from app.config import PROJECT_ROOT, Settings
-from tests.server import free_port, world_readable_dir
+from tools.local_server import free_port, health, wait_for, world_readable_dir
 
 DOCKERFILE = PROJECT_ROOT / "Dockerfile"
 DOCKERIGNORE = PROJECT_ROOT / ".dockerignore"
@@ -36,7 +34,7 @@ UNIT = PROJECT_ROOT / "systemd" / "kerasrv.service"
 ENV_TEMPLATE = PROJECT_ROOT / "systemd" / "kerasrv.env"
 SYSTEMD_INSTALL = PROJECT_ROOT / "systemd" / "install.sh"
 CI_RUN = PROJECT_ROOT / ".ci" / "run"
-SHELL_SCRIPTS = [PROJECT_ROOT / "scripts" / "install.sh", SYSTEMD_INSTALL, CI_RUN]
+SHELL_SCRIPTS = [*(PROJECT_ROOT / "scripts").glob("*.sh"), SYSTEMD_INSTALL, CI_RUN]
 CONFIG_FILES = ("uwsgi.ini", "nginx.conf", "supervisord.conf")
 # what the image needs from the build context
 NEEDED_IN_IMAGE = (*CONFIG_FILES, "app/launch.py", "app/config.py", "app/wsgi.py", "app/static/style.css",
@@ -285,6 +283,7 @@ def test_env_template_defaults_are_the_real_defaults():
             assert Path(value).relative_to("/opt/kerasrv") == default.relative_to(PROJECT_ROOT)
 
 
+@pytest.mark.e2e
 def test_unit_exec_start_serves_with_output_on_a_socket():
     """Run ExecStart as systemd does with StandardOutput=journal: stdout and stderr are a socket."""
     if shutil.which("bash") is None:
@@ -314,15 +313,14 @@ def test_unit_exec_start_serves_with_output_on_a_socket():
                                stdout=journal.fileno(), stderr=journal.fileno(), start_new_session=True)
     journal.close()
     try:
-        deadline, ready = time.monotonic() + 120, False
         # supervisord gives up on a program it cannot start (FATAL) but keeps running: stop waiting then
-        while time.monotonic() < deadline and process.poll() is None and not ready and not fatal(output):
-            try:
-                ready = requests.get(f"http://127.0.0.1:{port}/health/ready", timeout=5).status_code == 200
-            except requests.RequestException:
-                pass
-            if not ready:
-                time.sleep(0.5)
+        def ready_or_given_up() -> str | None:
+            if process.poll() is not None or fatal(output):
+                return "given up"
+            body = health(f"http://127.0.0.1:{port}")
+            return "ready" if body and body["http_status"] == 200 else None
+
+        ready = wait_for(ready_or_given_up, 120, "ready, exited or FATAL", interval=0.1) == "ready"
         process.send_signal(signal.SIGTERM)
         code = process.wait(timeout=90)
     finally:

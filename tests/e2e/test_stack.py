@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import os
+import signal
 import socket
 import threading
 import time
@@ -13,8 +14,8 @@ import numpy as np
 import pytest
 import requests
 
-from tests.conftest import jpeg_bytes, png_bytes
-from tests.server import Server
+from tests.doubles import jpeg_bytes, png_bytes
+from tools.local_server import LocalServer, wait_for
 from training.digits import heldout_split, render_png
 
 LOAD_SECONDS = float(os.environ.get("KERASRV_TEST_LOAD_SECONDS", "30"))
@@ -22,7 +23,7 @@ LOAD_SECONDS = float(os.environ.get("KERASRV_TEST_LOAD_SECONDS", "30"))
 
 @pytest.fixture(scope="module")
 def digits():
-    server = Server(name="digits").start()
+    server = LocalServer(name="digits").start()
     yield server
     assert server.stop() == 0, server.log()
 
@@ -177,42 +178,41 @@ def test_model_that_fails_to_load_is_not_ready_and_does_not_crash_loop(start_ser
     broken = model_dir / "broken.keras"
     broken.write_bytes(b"this is not a keras file")
     server = start_server({"MODEL_PATH": str(broken)}, wait_ready=False, name="broken")
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            ready = requests.get(f"{server.url}/health/ready", timeout=5)
-            if ready.json().get("state") == "failed":
-                break
-        except (requests.ConnectionError, ValueError):
-            pass
-        time.sleep(0.5)
-    assert ready.status_code == 503 and ready.json()["state"] == "failed", ready.text
-    assert "broken.keras" in ready.json()["error"]
+    ready = server.wait_state("failed", 60)
+    assert ready["http_status"] == 503 and "broken.keras" in ready["error"], ready
     first_mule = server.mule_pid()
     response = requests.post(f"{server.url}/predict", files={"image": ("x.png", png_bytes(np.zeros((8, 8), np.uint8)))})
     assert response.status_code == 503 and response.json()["code"] == "not_ready"
     assert "Retry-After" in response.headers
-    time.sleep(2)
-    assert server.mule_pid() == first_mule  # alive and waiting, not respawning
     assert "model failed to load" in server.log(100_000)
+    # alive and waiting, not respawning: no other mule answers within 2 s (a window, since an
+    # absence cannot be awaited; a crash loop respawns at once)
+    with pytest.raises(TimeoutError):
+        wait_for(lambda: server.mule_pid() != first_mule, 2, "a respawned mule", interval=0.1)
 
 
 def test_sigterm_finishes_in_flight_requests_then_exits_cleanly(start_server):
     server = start_server({"WORKERS": "1", "THREADS": "2"}, name="drain")
     png = render_png(heldout_split()[2][0])
-    results = []
+    server.connect_every_thread()
+    with ThreadPoolExecutor(1) as pool:
+        with server.mule_stopped():  # the request waits at the mule when SIGTERM arrives
+            answer = pool.submit(requests.post, f"{server.url}/predict", files={"image": ("d.png", png)}, timeout=60)
+            wait_for(lambda: server.requests_at_mule() == 1, 60, "the request waiting at the mule")
+            server.process.send_signal(signal.SIGTERM)
+        assert answer.result(60).status_code == 200
+    assert server.stop() == 0, server.log()
 
-    def slow_client():
-        # several images in one request keep the server busy across the SIGTERM
-        files = [("image", ("d.png", png))] * 64
-        results.append(requests.post(f"{server.url}/predict", files=files, timeout=60).status_code)
 
-    thread = threading.Thread(target=slow_client)
-    thread.start()
-    time.sleep(0.05)
-    code = server.stop()
-    thread.join(60)
-    assert results == [200]
+def test_sigterm_while_workers_load_their_model_exits_cleanly_at_once(start_server):
+    """uWSGI ignores SIGHUP in a worker that is loading its app, then waits for it without limit;
+    app/wsgi.py makes such a worker exit instead of hanging the stop until it is killed."""
+    server = start_server({"INFERENCE_MODE": "worker", "WORKERS": "2"}, wait_ready=False, name="loading")
+    wait_for(lambda: server.log(100_000).count("spawned uWSGI worker") == 2, 60, "both workers forked")
+    server.process.send_signal(signal.SIGTERM)
+    loaded_at_sigterm = server.log(100_000).count("loaded from")
+    code = server.process.wait(30)  # supervisord would wait 60 s, then SIGKILL
+    assert loaded_at_sigterm < 2, "both workers had loaded already: this test saw no worker mid-load"
     assert code == 0, server.log()
 
 
@@ -222,7 +222,7 @@ def test_a_process_that_fails_for_good_stops_the_whole_server(start_server):
         taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         taken.bind(("127.0.0.1", 0))
         taken.listen()
-        server = Server({"PORT": str(taken.getsockname()[1])}, name="fatal")
+        server = LocalServer({"PORT": str(taken.getsockname()[1])}, name="fatal")
         server.start(wait_ready=False)
         try:
             code = server.process.wait(90)

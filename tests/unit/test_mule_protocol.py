@@ -1,0 +1,261 @@
+"""The slot/wake-up protocol between worker threads and the mule, with a numpy model (no uWSGI, no TF).
+
+The server runs in a thread on an anonymous mmap standing in for uWSGI's sharedarea.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from app.config import Settings
+from app.inference import wire
+from app.inference.backend import DeadlineExceeded, NotReady, Unavailable
+from app.inference.model_runner import ModelLoadError, ModelRunner
+from tests.doubles import (
+    TOY_SPEC,
+    WAIT_S,
+    MuleHarness,
+    ToyModel,
+    in_worker_threads,
+    mule_settings,
+)
+from tools.local_server import wait_for
+
+
+@pytest.fixture
+def toy(tmp_path):
+    harness = MuleHarness.with_model(tmp_path, ToyModel())
+    yield harness
+    harness.close()
+
+
+@pytest.fixture
+def held(tmp_path):
+    """A mule whose model holds every batch until the test releases it."""
+    harness = MuleHarness.with_model(tmp_path, ToyModel(held=True))
+    yield harness
+    harness.close()
+
+
+def deadline(seconds: float = WAIT_S) -> float:
+    return time.monotonic() + seconds
+
+
+def everyone_in(n: int):
+    """The mule's state once n rows are all in the model, queued or refused. Rows in flight are
+    read first: the loop takes rows off the queue before it counts them in flight, so a read
+    between the two undercounts (and waits longer), never overcounts."""
+    return lambda server: server.rows_in_flight + server.policy.queued_rows + server.counts["overloaded"] >= n
+
+
+def test_lone_request_runs_as_batch_of_one(toy):
+    client = toy.client()
+    toy.wait_ready()
+    rows = np.arange(4, dtype=np.float32)[None]
+    result = client.predict(rows, deadline())
+    assert result.batch_size == 1
+    np.testing.assert_allclose(result.outputs[0], [[6.0]])
+    np.testing.assert_allclose(result.outputs[1], rows * 2)
+    assert toy.model.calls == [1]
+
+
+def test_requests_arriving_during_a_batch_share_the_next_one(held):
+    clients = [held.client(0), held.client(1)]
+    held.wait_ready()
+    inputs = [np.full((1, 4), i, dtype=np.float32) for i in range(8)]
+
+    def fill_queue_then_release():
+        held.wait_until(everyone_in(8), "8 requests in the model or queued behind it")
+        held.model.release()
+
+    results = in_worker_threads(clients, 4, lambda client, i: client.predict(inputs[i], deadline()),
+                                meanwhile=fill_queue_then_release)
+    for i, result in enumerate(results):  # every caller gets its own rows back
+        np.testing.assert_allclose(result.outputs[0], [[4.0 * i]])
+        np.testing.assert_allclose(result.outputs[1], inputs[i] * 2)
+    assert max(r.batch_size for r in results) > 1
+    stats = held.server.status().stats
+    assert stats.rows == 8 and stats.batches < 8
+
+
+@pytest.mark.parametrize(("autotune", "limit"), [(True, 2), (False, 8)])
+def test_batch_limit_comes_from_the_measured_costs(tmp_path, autotune, limit):
+    model = ToyModel(held=True)
+
+    def load(settings: Settings) -> ModelRunner:
+        runner = ModelRunner(TOY_SPEC, model, settings.batch_buckets)
+        runner.batch_costs_ms = {1: 10.0, 2: 12.0, 4: 40.0, 8: 100.0}  # cheapest per row at 2
+        return runner
+
+    harness = MuleHarness(mule_settings(tmp_path, batch_autotune=autotune), load, model)
+    try:
+        clients = [harness.client(0), harness.client(1)]
+        harness.wait_ready()
+        inputs = [np.full((1, 4), i, dtype=np.float32) for i in range(8)]
+
+        def fill_queue_then_release():
+            harness.wait_until(everyone_in(8), "8 requests in the model or queued behind it")
+            model.release()
+
+        results = in_worker_threads(clients, 4, lambda client, i: client.predict(inputs[i], deadline()),
+                                    meanwhile=fill_queue_then_release)
+        for i, result in enumerate(results):
+            np.testing.assert_allclose(result.outputs[0], [[4.0 * i]])
+        stats = harness.server.status().stats
+        assert stats.batch_limit == limit
+        assert stats.batch_cost_ms == {"1": 10.0, "2": 12.0, "4": 40.0, "8": 100.0}
+        assert max(model.calls) <= limit
+        assert max(r.batch_size for r in results) > (1 if autotune else 2)  # batches still form, up to the limit
+    finally:
+        harness.close()
+
+
+def test_batches_are_padded_to_buckets(toy):
+    client = toy.client()
+    toy.wait_ready()
+    result = client.predict(np.ones((3, 4), dtype=np.float32), deadline())
+    assert result.batch_size == 3
+    assert toy.model.calls[-1] == 4  # padded up to the bucket; only 3 rows come back
+    assert result.outputs[0].shape == (3, 1)
+
+
+def test_many_rows_in_one_request_are_chunked_by_slot_capacity(tmp_path):
+    model = ToyModel()
+    harness = MuleHarness.with_model(tmp_path, model, max_batch_size=4, batch_buckets=(1, 2, 4))
+    try:
+        client = harness.client()
+        harness.wait_ready()
+        rows = np.arange(40, dtype=np.float32).reshape(10, 4)
+        result = client.predict(rows, deadline())
+        np.testing.assert_allclose(result.outputs[0][:, 0], rows.sum(axis=1))
+        assert max(model.calls) <= 4
+    finally:
+        harness.close()
+
+
+def test_deadline_gives_504_and_a_late_answer_is_ignored(held):
+    client = held.client()
+    held.wait_ready()
+    with pytest.raises(DeadlineExceeded):  # the model holds the batch past this deadline
+        client.predict(np.zeros((1, 4), dtype=np.float32), deadline(0.05))
+    held.model.release()
+    # the late reply for the timed-out request comes first and must not be taken for this one
+    rows = np.full((1, 4), 7, dtype=np.float32)
+    result = client.predict(rows, deadline())
+    np.testing.assert_allclose(result.outputs[0], [[28.0]])
+    assert held.model.calls == [1, 1]
+
+
+def test_expired_requests_are_shed_before_running(toy):
+    toy.wait_ready()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as sock:
+        sock.settimeout(WAIT_S)
+        sock.connect(str(toy.settings.mule_socket))
+        sock.send(wire.pack_infer(0, 1, 1, time.monotonic() - 1))
+        seq, code, _, _, text = wire.unpack_reply(sock.recv(4096))
+    assert (seq, code) == (1, wire.EXPIRED) and "deadline" in text
+    assert toy.model.calls == []
+    assert toy.server.status().stats.expired == 1
+
+
+def test_client_gives_up_on_a_passed_deadline_and_the_mule_counts_it(toy):
+    """The client does not wait for an answer it can no longer use; the mule's count is already
+    there when its next message is answered (messages on one connection are handled in order)."""
+    client = toy.client()
+    toy.wait_ready()
+    with pytest.raises(DeadlineExceeded):
+        client.predict(np.zeros((1, 4), dtype=np.float32), time.monotonic() - 1)
+    assert client.status(fresh=True).stats["expired"] == 1
+    assert toy.model.calls == []
+
+
+def test_queue_bound_answers_overloaded(tmp_path):
+    model = ToyModel(held=True)
+    harness = MuleHarness.with_model(tmp_path, model, max_queue_rows=2)
+    try:
+        clients = [harness.client(0), harness.client(1)]
+        harness.wait_ready()
+
+        def call(client, i):
+            try:
+                client.predict(np.ones((1, 4), dtype=np.float32), deadline())
+                return "ok"
+            except Exception as exc:
+                return getattr(exc, "code", type(exc).__name__)
+
+        def fill_queue_then_release():
+            harness.wait_until(everyone_in(8), "8 requests in the model, queued or refused")
+            model.release()
+
+        outcomes = in_worker_threads(clients, 4, call, meanwhile=fill_queue_then_release)
+        # at most 2 rows fit in the queue and at most 2 entered the model before it: 4 or more refused
+        assert outcomes.count("overloaded") >= 4 and set(outcomes) == {"ok", "overloaded"}, outcomes
+    finally:
+        harness.close()
+
+
+def test_failed_model_load_is_reported_not_raised(tmp_path):
+    def broken(settings):
+        raise ModelLoadError("MODEL_PATH /nope does not exist")
+
+    harness = MuleHarness(mule_settings(tmp_path), broken)
+    try:
+        client = harness.client()
+        status = wait_for(lambda: (s := client.status(fresh=True)).state == "failed" and s, WAIT_S, "load failure")
+        assert "does not exist" in status.error
+        assert status.reason == "model failed to load: MODEL_PATH /nope does not exist"
+        with pytest.raises(NotReady, match="does not exist"):
+            client.predict(np.zeros((1, 4), dtype=np.float32), deadline())
+    finally:
+        harness.close()
+
+
+def test_mule_death_fails_in_flight_requests_at_once_then_reconnects(tmp_path):
+    model = ToyModel(held=True)
+    harness = MuleHarness.with_model(tmp_path, model)
+    client = harness.client()
+    harness.wait_ready()
+    outcome = {}
+
+    def call():
+        try:
+            client.predict(np.zeros((1, 4), dtype=np.float32), deadline(600))
+        except Unavailable as exc:
+            outcome["error"] = exc
+
+    waiter = threading.Thread(target=call)
+    waiter.start()
+    assert model.entered.wait(WAIT_S)  # the request is in the model
+    # a dead mule: every connection it held is closed by the kernel
+    harness.server.stop()
+    for key in list(harness.server._selector.get_map().values()):
+        if isinstance(key.fileobj, socket.socket):
+            key.fileobj.close()
+    waiter.join(WAIT_S)  # far sooner than its 600 s deadline
+    assert not waiter.is_alive() and isinstance(outcome.get("error"), Unavailable)
+    harness.close()
+
+    fresh = MuleHarness.with_model(tmp_path, ToyModel())
+    try:
+        fresh.shm = harness.shm  # the shared memory outlives the mule
+        fresh.server.shm = harness.shm
+        fresh.wait_ready()
+        result = client.predict(np.ones((1, 4), dtype=np.float32), deadline())
+        np.testing.assert_allclose(result.outputs[0], [[4.0]])
+    finally:
+        fresh.close()
+
+
+def test_layout_keeps_input_and_output_regions_apart():
+    layout = wire.SlotLayout.plan(TOY_SPEC, 4096, 64)
+    assert layout.rows > 0
+    input_end = layout.rows * TOY_SPEC.input.row_bytes
+    assert layout.output_offsets[0] >= input_end
+    last = layout.output_offsets[-1] + layout.rows * TOY_SPEC.outputs[-1].row_bytes
+    assert last <= 4096
+    assert wire.SlotLayout.plan(TOY_SPEC, 8, 64).rows == 0

@@ -1,0 +1,209 @@
+"""Start the real stack (app.launch -> supervisord -> nginx + uWSGI workers + mule) on loopback.
+
+The end-to-end tests and the benchmark both run kerasrv this way: a free port chosen at run time,
+a runtime directory of its own, readiness awaited through /health/ready, and SIGTERM to stop it
+(the way Docker and systemd stop it). `wait_for` is the one way anything here waits for another
+process: on a condition, with a bounded timeout, never on a fixed sleep.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TypeVar
+
+import requests
+
+from app.config import PROJECT_ROOT
+
+T = TypeVar("T")
+POLL_S = 0.05
+
+
+def wait_for(condition: Callable[[], T], timeout: float, what: str, interval: float = POLL_S) -> T:
+    """Call `condition` until it returns something truthy and return that; TimeoutError naming
+    `what` after `timeout` seconds. `condition` may raise to give up early (a process died)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"{what}: not within {timeout:g} s")
+        time.sleep(interval)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def world_readable_dir(prefix: str) -> Path:
+    """A temp dir the unprivileged service user (nobody, when run as root) can enter."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    path.chmod(0o755)
+    return path
+
+
+def _parents() -> dict[int, int]:
+    """PID -> parent PID of every live process, from /proc."""
+    found = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            found[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+    return found
+
+
+def children(parent: int) -> list[int]:
+    return [pid for pid, ppid in _parents().items() if ppid == parent]
+
+
+def descendants(root: int) -> list[int]:
+    """`root` and every process below it."""
+    below: dict[int, list[int]] = {}
+    for pid, ppid in _parents().items():
+        below.setdefault(ppid, []).append(pid)
+    found, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo.extend(below.get(pid, []))
+    return found
+
+
+def unix_sockets(pid: int) -> list[tuple[str, int]]:
+    """(state, bytes not yet read) of each Unix socket `pid` holds, from `ss` (iproute2).
+
+    For the mule, each ESTAB socket is one worker thread's connection, and one with unread bytes
+    holds a request waiting for it: with the mule stopped (SIGSTOP), a test can wait until exactly
+    the requests it sent have reached the mule."""
+    listing = subprocess.run(["ss", "-x", "-a", "-p", "-H"], capture_output=True, text=True, check=True).stdout
+    owner = f"pid={pid},"
+    return [(fields[1], int(fields[2])) for fields in map(str.split, listing.splitlines()) if owner in fields[-1]]
+
+
+def health(url: str) -> dict | None:
+    """/health/ready's JSON body (with the HTTP status under "http_status"), or None if nothing answers."""
+    try:
+        response = requests.get(f"{url}/health/ready", timeout=5)
+        return {**response.json(), "http_status": response.status_code}
+    except (requests.RequestException, ValueError):  # not listening yet, or nginx's own page
+        return None
+
+
+class LocalServer:
+    """One kerasrv on a free loopback port; WORKERS=2, THREADS=4 unless `env` says otherwise."""
+
+    def __init__(self, env: dict[str, str] | None = None, name: str = "server"):
+        self.port = free_port()
+        self.runtime = world_readable_dir(f"kerasrv-{name}-")
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = self.runtime / "server.log"
+        base = {
+            "HOST": "127.0.0.1",
+            "PORT": str(self.port),
+            "RUNTIME_DIR": str(self.runtime / "run"),
+            "WORKERS": "2",
+            "THREADS": "4",
+            "LOG_LEVEL": "info",
+        }
+        self.env = {**os.environ, **base, **(env or {})}
+        self.process: subprocess.Popen | None = None
+        self._stopped_mule = 0
+
+    def start(self, wait_ready: bool = True, timeout: float = 120) -> LocalServer:
+        self._log = open(self.log_path, "wb")  # closed in stop()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "app.launch"], cwd=PROJECT_ROOT, env=self.env,
+            stdout=self._log, stderr=subprocess.STDOUT,
+        )
+        if wait_ready:
+            self.wait_state("ready", timeout)
+        return self
+
+    def wait_state(self, state: str, timeout: float = 120) -> dict:
+        """Wait until /health/ready reports `state` ("ready", "failed"); return its body."""
+
+        def reached() -> dict | None:
+            if self.process.poll() is not None:
+                raise AssertionError(f"server exited with {self.process.returncode}:\n{self.log()}")
+            body = health(self.url)
+            return body if body and body.get("state") == state else None
+
+        try:
+            return wait_for(reached, timeout, f"server state {state!r}", interval=0.1)
+        except TimeoutError as exc:
+            raise AssertionError(f"{exc}; last answer {health(self.url)}:\n{self.log()}") from None
+
+    def log(self, tail: int = 8000) -> str:
+        return self.log_path.read_text(errors="replace")[-tail:]
+
+    def stats(self) -> dict:
+        return requests.get(f"{self.url}/stats", timeout=10).json()
+
+    def mule_pid(self) -> int:
+        """The mule publishes its PID in /stats."""
+        return self.stats()["pid"]
+
+    def connect_every_thread(self) -> None:
+        """Send bursts of readiness checks until every worker thread holds its connection to the
+        mule (a thread connects on its first request). A thread that has not connected cannot
+        reach a stopped mule at all, so this comes before mule_stopped()."""
+        threads = int(self.env["WORKERS"]) * int(self.env["THREADS"])
+        mule = self.mule_pid()
+
+        def all_connected() -> bool:
+            with ThreadPoolExecutor(threads) as pool:
+                list(pool.map(lambda _: requests.get(f"{self.url}/health/ready", timeout=30), range(2 * threads)))
+            return sum(state == "ESTAB" for state, _ in unix_sockets(mule)) >= threads
+
+        wait_for(all_connected, 120, f"all {threads} worker threads connected to the mule", interval=0)
+
+    @contextmanager
+    def mule_stopped(self) -> Iterator[None]:
+        """The mule SIGSTOPped for the duration: requests pile up where requests_at_mule() counts them."""
+        mule = self.mule_pid()
+        self._stopped_mule = mule
+        os.kill(mule, signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            os.kill(mule, signal.SIGCONT)
+
+    def requests_at_mule(self) -> int:
+        """Worker requests waiting in the stopped mule's sockets."""
+        return sum(unread > 0 for state, unread in unix_sockets(self._stopped_mule) if state == "ESTAB")
+
+    def worker_pids(self) -> list[int]:
+        master = int((self.runtime / "run" / "uwsgi.pid").read_text())
+        mule = self.mule_pid() if self.env.get("INFERENCE_MODE", "mule") == "mule" else None
+        return [pid for pid in children(master) if pid != mule]
+
+    def stop(self, timeout: float = 60) -> int:
+        """SIGTERM, as `docker stop` sends it; killed after `timeout`. The exit code; the runtime
+        directory is removed only after a clean exit, so a failure's logs stay to be read."""
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._log.close()
+        code = self.process.returncode
+        if code == 0:
+            shutil.rmtree(self.runtime, ignore_errors=True)
+        return code
