@@ -259,3 +259,13 @@ def test_layout_keeps_input_and_output_regions_apart():
     last = layout.output_offsets[-1] + layout.rows * TOY_SPEC.outputs[-1].row_bytes
     assert last <= 4096
     assert wire.SlotLayout.plan(TOY_SPEC, 8, 64).rows == 0
+
+
+def test_status_message_round_trip_keeps_spec_layout_and_counters():
+    layout = wire.SlotLayout.plan(TOY_SPEC, 4096, 8)
+    sent = wire.MuleStatus("ready", wire.MuleStats(pid=7, rows=3, batch_sizes={"2": 1}), None, TOY_SPEC, layout)
+    message = sent.pack()
+    assert message[0] == wire.STATUS
+    assert wire.MuleStatus.unpack(message) == sent
+    failed = wire.MuleStatus("failed", wire.MuleStats(pid=7), "no such file")
+    assert wire.MuleStatus.unpack(failed.pack()) == failed
