@@ -95,6 +95,11 @@ def unix_sockets(pid: int) -> list[tuple[str, int]]:
     return [(fields[1], int(fields[2])) for fields in map(str.split, listing.splitlines()) if owner in fields[-1]]
 
 
+def requests_waiting(mule: int) -> int:
+    """Worker requests waiting, unread, in the mule's sockets (one connection per worker thread)."""
+    return sum(unread > 0 for state, unread in unix_sockets(mule) if state == "ESTAB")
+
+
 def health(url: str) -> dict | None:
     """/health/ready's JSON body (with the HTTP status under "http_status"), or None if nothing answers."""
     try:
@@ -122,7 +127,6 @@ class LocalServer:
         }
         self.env = {**os.environ, **base, **(env or {})}
         self.process: subprocess.Popen | None = None
-        self._stopped_mule = 0
 
     def start(self, wait_ready: bool = True, timeout: float = 120) -> LocalServer:
         self._log = open(self.log_path, "wb")  # closed in stop()
@@ -173,19 +177,15 @@ class LocalServer:
         wait_for(all_connected, 120, f"all {threads} worker threads connected to the mule", interval=0)
 
     @contextmanager
-    def mule_stopped(self) -> Iterator[None]:
-        """The mule SIGSTOPped for the duration: requests pile up where requests_at_mule() counts them."""
+    def mule_stopped(self) -> Iterator[int]:
+        """The mule SIGSTOPped for the duration (its PID is yielded): requests pile up in its
+        sockets, where requests_waiting() counts them, until it goes on."""
         mule = self.mule_pid()
-        self._stopped_mule = mule
         os.kill(mule, signal.SIGSTOP)
         try:
-            yield
+            yield mule
         finally:
             os.kill(mule, signal.SIGCONT)
-
-    def requests_at_mule(self) -> int:
-        """Worker requests waiting in the stopped mule's sockets."""
-        return sum(unread > 0 for state, unread in unix_sockets(self._stopped_mule) if state == "ESTAB")
 
     def worker_pids(self) -> list[int]:
         master = int((self.runtime / "run" / "uwsgi.pid").read_text())

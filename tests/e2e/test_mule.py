@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import requests
 
-from tools.local_server import LocalServer, wait_for
+from tools.local_server import LocalServer, requests_waiting, wait_for
 from training.digits import heldout_split, render_png
 
 
@@ -45,9 +45,9 @@ def test_concurrent_requests_are_batched_and_answers_match_single_requests(serve
     alone = [scores(predict(server.url, png)) for png in digit_pngs[:16]]
     server.connect_every_thread()
     before = server.stats()
-    with ThreadPoolExecutor(16) as pool, server.mule_stopped():
+    with ThreadPoolExecutor(16) as pool, server.mule_stopped() as mule:
         futures = [pool.submit(predict, server.url, png) for png in digit_pngs[:16]]
-        wait_for(lambda: server.requests_at_mule() == 16, 60, "16 requests waiting at the mule")
+        wait_for(lambda: requests_waiting(mule) == 16, 60, "16 requests waiting at the mule")
     responses = [future.result(60) for future in futures]
     for response, expected in zip(responses, alone):
         assert response.status_code == 200, response.text
@@ -134,9 +134,9 @@ def test_killing_a_worker_mid_request_leaves_no_wedged_slot(server, digit_pngs):
     in_flight = threading.Thread(
         target=lambda: _swallow(lambda: requests.post(f"{server.url}/predict", files=files, timeout=30))
     )
-    with server.mule_stopped():  # the request cannot finish: it is mid-request for sure when the workers die
+    with server.mule_stopped() as mule:  # the request cannot finish: it is mid-request for sure when the workers die
         in_flight.start()
-        wait_for(lambda: server.requests_at_mule() == 1, 30, "the request waiting at the mule")
+        wait_for(lambda: requests_waiting(mule) == 1, 30, "the request waiting at the mule")
         for pid in workers:
             os.kill(pid, signal.SIGKILL)
     in_flight.join(30)
@@ -176,9 +176,9 @@ def test_full_queue_answers_503_with_retry_after(start_server, digit_pngs):
         return response.status_code, response.json().get("code"), response.headers.get("Retry-After")
 
     with ThreadPoolExecutor(16) as pool:
-        with server.mule_stopped():
+        with server.mule_stopped() as mule:
             futures = [pool.submit(one, i) for i in range(16)]
-            wait_for(lambda: server.requests_at_mule() == 16, 60, "16 requests waiting at the mule")
+            wait_for(lambda: requests_waiting(mule) == 16, 60, "16 requests waiting at the mule")
         outcomes = [future.result(60) for future in futures]
     codes = Counter((status, code) for status, code, _ in outcomes)
     assert codes == {(200, None): 1, (503, "overloaded"): 15}, codes

@@ -15,7 +15,7 @@ import pytest
 import requests
 
 from tests.doubles import jpeg_bytes, png_bytes
-from tools.local_server import LocalServer, wait_for
+from tools.local_server import LocalServer, requests_waiting, wait_for
 from training.digits import heldout_split, render_png
 
 LOAD_SECONDS = float(os.environ.get("KERASRV_TEST_LOAD_SECONDS", "30"))
@@ -196,9 +196,9 @@ def test_sigterm_finishes_in_flight_requests_then_exits_cleanly(start_server):
     png = render_png(heldout_split()[2][0])
     server.connect_every_thread()
     with ThreadPoolExecutor(1) as pool:
-        with server.mule_stopped():  # the request waits at the mule when SIGTERM arrives
+        with server.mule_stopped() as mule:  # the request waits at the mule when SIGTERM arrives
             answer = pool.submit(requests.post, f"{server.url}/predict", files={"image": ("d.png", png)}, timeout=60)
-            wait_for(lambda: server.requests_at_mule() == 1, 60, "the request waiting at the mule")
+            wait_for(lambda: requests_waiting(mule) == 1, 60, "the request waiting at the mule")
             server.process.send_signal(signal.SIGTERM)
         assert answer.result(60).status_code == 200
     assert server.stop() == 0, server.log()
