@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
+from datetime import datetime, timezone
+from typing import TextIO
 
 from flask import Flask
 
+from app import metrics, request_ids
 from app.config import Settings
 from app.errors import register_error_handlers
 from app.inference.backend import Backend
@@ -23,17 +27,41 @@ def make_backend(settings: Settings) -> Backend:
     return MuleClient.for_uwsgi_worker(settings)
 
 
-def configure_logging(level: str) -> None:
-    logging.basicConfig(
-        stream=sys.stderr,
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s",
-    )
+TEXT_FORMAT = "%(asctime)s %(levelname)s [%(process)d] %(name)s rid=%(request_id)s: %(message)s"
+
+
+class JsonFormatter(logging.Formatter):
+    """LOG_FORMAT=json: one JSON object per line, with the same fields as the text lines."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "pid": record.process,
+            "logger": record.name,
+            "request_id": record.request_id,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
+
+
+def log_handler(stream: TextIO, log_format: str = "text") -> logging.Handler:
+    """Log lines for `stream`; `request_id` is the X-Request-ID of the request being handled, or "-"."""
+    handler = logging.StreamHandler(stream)
+    handler.addFilter(request_ids.RequestIdFilter())
+    handler.setFormatter(JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT))
+    return handler
+
+
+def configure_logging(settings: Settings) -> None:
+    logging.basicConfig(handlers=[log_handler(sys.stderr, settings.log_format)], level=settings.log_level.upper())
 
 
 def create_app(settings: Settings | None = None, backend: Backend | None = None) -> Flask:
     settings = settings or Settings.from_env()
-    configure_logging(settings.log_level)
+    configure_logging(settings)
     app = Flask(__name__)
     # Without nginx in front (tests, debugging) Flask enforces the same upload limit.
     app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_mb * 1024 * 1024
@@ -41,6 +69,8 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
     app.extensions["kerasrv.settings"] = settings
     app.extensions["kerasrv.backend"] = backend or make_backend(settings)
     register_error_handlers(app)
+    request_ids.install(app)
+    metrics.instrument(app, settings.model_name)
     from app.routes import bp  # noqa: PLC0415
 
     app.register_blueprint(bp)

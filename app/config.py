@@ -106,6 +106,7 @@ class Settings:
     listen_backlog: int = 128
     runtime_dir: Path = PROJECT_ROOT / ".run"
     log_level: str = "info"
+    log_format: str = "text"
 
     @property
     def n_slots(self) -> int:
@@ -177,4 +178,5 @@ class Settings:
             listen_backlog=_int(env, "LISTEN_BACKLOG", 128, minimum=1),
             runtime_dir=Path(runtime_raw).resolve() if runtime_raw else PROJECT_ROOT / ".run",
             log_level=_choice(env, "LOG_LEVEL", "info", ("debug", "info", "warning", "error")),
+            log_format=_choice(env, "LOG_FORMAT", "text", ("text", "json")),
         )

@@ -76,11 +76,16 @@ def prepare(settings: Settings, env: dict[str, str]) -> dict[str, str]:
     for sub in ("", "nginx", "nginx/body", "nginx/temp"):
         (runtime / sub).mkdir(parents=True, exist_ok=True)
     (runtime / FATAL_MARKER).unlink(missing_ok=True)
+    # prometheus_client's per-process files (app/metrics.py): empty at each start, as it requires
+    metrics_dir = runtime / "metrics"
+    shutil.rmtree(metrics_dir, ignore_errors=True)
+    metrics_dir.mkdir()
     settings.stop_marker.unlink(missing_ok=True)
     user = service_user(settings)
     if os.geteuid() == 0:
-        # the unprivileged uWSGI creates its sockets here
+        # the unprivileged uWSGI creates its sockets and metrics files here
         shutil.chown(runtime, user=user)
+        shutil.chown(metrics_dir, user=user)
     nginx = shutil.which("nginx") or next(
         (p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if Path(p).exists()), None
     )
@@ -93,6 +98,7 @@ def prepare(settings: Settings, env: dict[str, str]) -> dict[str, str]:
         "STATIC_DIR": str(PROJECT_ROOT / "app" / "static"),
         "MAX_UPLOAD_MB": str(settings.max_upload_mb),
         "PROXY_TIMEOUT_S": str(settings.proxy_timeout_s),
+        "LOG_FORMAT": settings.log_format,
         "USER_DIRECTIVE": f"user {user} {grp.getgrgid(pwd.getpwnam(user).pw_gid).gr_name};"
         if os.geteuid() == 0 else "",
     }
@@ -117,6 +123,7 @@ def prepare(settings: Settings, env: dict[str, str]) -> dict[str, str]:
         # the workers and the mule read the same settings back from the same variables
         "RUNTIME_DIR": str(runtime),
         "MODEL_PATH": str(settings.model_path),
+        "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
     }
     env = {**env, **derived}
     env.pop("KERASRV_MULE", None)

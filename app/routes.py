@@ -5,8 +5,10 @@ from __future__ import annotations
 import time
 
 import numpy as np
-from flask import Blueprint, current_app, jsonify, render_template, request
+from flask import Blueprint, Response, current_app, jsonify, render_template, request
+from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4
 
+from app import metrics
 from app.config import Settings
 from app.errors import ApiError
 from app.images import decode_image
@@ -116,6 +118,18 @@ def stats():
     backend = _backend()
     status = backend.status(fresh=True)
     return jsonify(model=_settings().model_name, mode=backend.mode, state=status.state, **status.stats)
+
+
+@bp.get("/metrics")
+def metrics_text():
+    status = _backend().status(fresh=True)
+    # the classic text format, which every Prometheus version parses
+    return Response(metrics.render(_settings().model_name, status), content_type=CONTENT_TYPE_PLAIN_0_0_4)
+
+
+@bp.get("/dashboard")
+def dashboard():
+    return render_template("dashboard.html", settings=_settings(), route="/predict")
 
 
 @bp.get("/")

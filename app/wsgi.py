@@ -19,10 +19,11 @@ def _stopped_while_loading(signum: int, frame: object) -> None:
 
 signal.signal(signal.SIGHUP, _stopped_while_loading)
 
-from app import create_app  # noqa: E402 - after the handler: the import is part of the load
+from app import create_app, metrics  # noqa: E402 - after the handler: the import is part of the load
 from app.config import Settings  # noqa: E402
 
 settings = Settings.from_env()
 application = create_app(settings)
 if settings.stop_marker.exists():
     os._exit(0)
+metrics.PROCESS_STARTS.labels(settings.model_name, "worker").inc()

@@ -3,7 +3,7 @@
 # Python venv with the pinned packages. Used by `make run`, `make test`, CI and the Dockerfile.
 #   scripts/install.sh          runtime only
 #   scripts/install.sh dev      plus tests, lint, training and benchmark tools, and from apt
-#                               iproute2 (ss), stress-ng and the shell linter
+#                               iproute2 (ss), stress-ng, chromium, promtool and the shell linter
 # Environment: VENV (default .venv), PYTHON (default python3), TF_PACKAGE (e.g. "tensorflow[and-cuda]==2.21.0"
 # for the GPU build instead of tensorflow-cpu).
 set -euo pipefail
@@ -24,6 +24,7 @@ if [ "$profile" = dev ]; then
     command -v ss >/dev/null 2>&1 || missing+=(iproute2)          # tests count requests waiting at the mule
     command -v shellcheck >/dev/null 2>&1 || missing+=(shellcheck)
     command -v stress-ng >/dev/null 2>&1 || missing+=(stress-ng)  # make test-stress
+    [ -x /usr/bin/chromium ] || missing+=(chromium)                # the live view's browser test
 fi
 
 if [ ${#missing[@]} -gt 0 ]; then
@@ -35,6 +36,18 @@ if [ ${#missing[@]} -gt 0 ]; then
         echo "install: missing ${missing[*]}; install them (as root: apt-get install ${missing[*]}) and run again" >&2
         exit 1
     fi
+fi
+
+if [ "$profile" = dev ] && ! command -v promtool >/dev/null 2>&1 && [ ! -x "$venv/bin/promtool" ]; then
+    # the tests check /metrics with promtool; Debian ships it inside the prometheus server's
+    # package, so take the one binary out of the .deb instead of installing a daemon
+    echo "install: promtool from Debian's prometheus package"
+    scratch=$(mktemp -d)
+    (cd "$scratch" && { apt-get download -qq prometheus 2>/dev/null || { apt-get update -qq && apt-get download -qq prometheus; }; } \
+        && dpkg-deb -x prometheus_*.deb extracted)
+    mkdir -p "$venv/bin"
+    cp "$scratch/extracted/usr/bin/promtool" "$venv/bin/promtool"
+    rm -rf "$scratch"
 fi
 
 requirements=("$root/requirements.txt")

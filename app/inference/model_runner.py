@@ -46,6 +46,7 @@ class ModelRunner:
         self.max_batch = buckets[-1]
         self._buffer = self.new_buffer()
         self.batch_costs_ms: dict[int, float] = {}  # bucket size -> ms per call, measured by warmup()
+        self.warmup_seconds = 0.0
 
     def bucket_for(self, rows: int) -> int:
         return next(size for size in self.buckets if size >= rows)
@@ -74,6 +75,7 @@ class ModelRunner:
         `repeats` more times and keep the median: the batch cost T(n) that the mule's batch limit
         is chosen from. The timed passes are interleaved, so a slow spell on a shared machine
         falls on every size alike rather than on one."""
+        started = time.perf_counter()
         for size in self.buckets:
             self._call(self._buffer[:size])
         samples: dict[int, list[float]] = {size: [] for size in self.buckets}
@@ -84,6 +86,7 @@ class ModelRunner:
                 samples[size].append((time.perf_counter() - started) * 1000)
         if repeats:
             self.batch_costs_ms = {size: statistics.median(times) for size, times in samples.items()}
+        self.warmup_seconds = time.perf_counter() - started
         return self.batch_costs_ms
 
 

@@ -28,6 +28,7 @@ from app.inference import wire
 from app.inference.backend import not_ready_reason
 from app.inference.batching import BatchPolicy, Pending, efficient_batch, per_row_ms
 from app.inference.model_runner import ModelLoadError, ModelRunner
+from app.metrics import PROCESS_STARTS, MuleMetrics
 
 log = logging.getLogger(__name__)
 
@@ -70,10 +71,13 @@ class MuleServer:
         self._selector.register(self._wake_read, selectors.EVENT_READ)
         # the newest request of each slot: an older one's outputs must not overwrite its slot
         self._latest: dict[int, Pending] = {}
+        self.metrics = MuleMetrics.for_model(settings.model_name)
+        self.load_seconds = 0.0
 
     # --- start-up -------------------------------------------------------------------------
 
     def _load_model(self) -> None:
+        started = time.monotonic()
         try:
             runner = self._load(self.settings)
             layout = wire.SlotLayout.plan(runner.spec, self.settings.slot_bytes, self.settings.max_batch_size)
@@ -84,6 +88,7 @@ class MuleServer:
                 )
             self._free_buffers = [runner.new_buffer() for _ in range(self.settings.model_concurrency)]
             self.policy.max_batch = self._batch_limit(runner)
+            self.load_seconds = time.monotonic() - started
             self.layout, self.runner = layout, runner
             log.info("mule ready: model %s, batches of up to %d rows, %d rows per slot, %d slots",
                      runner.spec.name, self.policy.max_batch, layout.rows, self.settings.n_slots)
@@ -142,6 +147,7 @@ class MuleServer:
         decision = self.policy.decide(time.monotonic())
         for pending in decision.expired:
             self.counts["expired"] += 1
+            self.metrics.shed_deadline.inc()
             self._reply(pending, wire.EXPIRED, message="deadline passed while queued")
         if decision.batch:
             self._start(decision.batch)
@@ -194,6 +200,7 @@ class MuleServer:
         pending = Pending(conn, slot, seq, rows, deadline, now)
         if deadline <= now:  # shed at once, and counted before any later message is answered
             self.counts["expired"] += 1
+            self.metrics.shed_deadline.inc()
             self._reply(pending, wire.EXPIRED, message="deadline passed before the model was reached")
         elif self.runner is None:
             self._reply(pending, wire.NOT_READY, message=not_ready_reason(self.error))
@@ -201,6 +208,7 @@ class MuleServer:
             self._reply(pending, wire.FAILED, message=f"bad request: slot {slot}, {rows} rows")
         elif not self.policy.admit(pending):
             self.counts["overloaded"] += 1
+            self.metrics.shed_overload.inc()
             self._reply(pending, wire.OVERLOADED, message=f"queue full ({self.settings.max_queue_rows} rows)")
         else:
             self._latest[slot] = pending
@@ -210,11 +218,13 @@ class MuleServer:
         layout, spec = self.layout, self.runner.spec
         total = sum(p.rows for p in batch)
         buffer = self._free_buffers.pop()
-        offset = 0
+        offset, now = 0, time.monotonic()
         for pending in batch:
+            self.metrics.queue_seconds.observe(now - pending.arrival)
             buffer[offset : offset + pending.rows] = layout.input_view(self.shm, pending.slot, spec, pending.rows)
             offset += pending.rows
         self.rows_in_flight += total
+        self.metrics.padded_rows.inc(self.runner.bucket_for(total) - total)
         self._guard(max(1, self.settings.harakiri_s))
         self._executor.submit(self._execute, batch, buffer, total)
 
@@ -242,10 +252,13 @@ class MuleServer:
                 self._guard(0)
             if error is not None:
                 self.counts["failed"] += len(batch)
+                self.metrics.failed_rows.inc(total)
                 for pending in batch:
                     self._reply(pending, wire.FAILED, message=f"the model failed: {type(error).__name__}")
                 continue
             self.compute_ms_total += compute_ms
+            self.metrics.batch_seconds.observe(compute_ms / 1000)
+            self.metrics.batch_rows.observe(total)
             self.batch_sizes[total] += 1
             self.counts["batches"] += 1
             self.counts["rows"] += total
@@ -298,6 +311,8 @@ class MuleServer:
             model_concurrency=self.settings.model_concurrency,
             batches_in_flight=self.settings.model_concurrency - len(self._free_buffers) if runner else 0,
             rows_in_flight=self.rows_in_flight,
+            load_seconds=round(self.load_seconds, 3),
+            warmup_seconds=round(runner.warmup_seconds, 3) if runner else 0.0,
         )
         state = "ready" if runner else ("failed" if self.error else "loading")
         return wire.MuleStatus(state, stats, self.error, runner.spec if runner else None, self.layout)
@@ -311,10 +326,11 @@ def run() -> None:
     from app.inference.model_runner import load_runner  # noqa: PLC0415
 
     settings = Settings.from_env()
-    configure_logging(settings.log_level)
+    configure_logging(settings)
     shm = uwsgi.sharedarea_memoryview(0)
     needed = settings.n_slots * settings.slot_bytes
     if len(shm) < needed:
         raise SystemExit(f"sharedarea holds {len(shm)} bytes, {needed} needed: start through app.launch")
     log.info("mule %d starting: model %s", os.getpid(), settings.model_path.name)
+    PROCESS_STARTS.labels(settings.model_name, "mule").inc()
     MuleServer(settings, shm, load_runner, guard=uwsgi.set_user_harakiri).serve_forever()

@@ -113,6 +113,8 @@ class MuleStats:
     model_concurrency: int = 1
     batches_in_flight: int = 0
     rows_in_flight: int = 0
+    load_seconds: float = 0.0  # loading the model, warm-up included
+    warmup_seconds: float = 0.0
 
 
 @dataclass(frozen=True)

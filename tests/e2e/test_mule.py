@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
 import requests
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
 
 from tools.local_server import LocalServer, requests_waiting, wait_for
 from training.digits import heldout_split, render_png
@@ -35,6 +40,26 @@ def predict(url: str, png: bytes, session: requests.Session | None = None, **kwa
     return poster.post(f"{url}/predict", files={"image": ("d.png", png)}, params={"top_k": 10}, timeout=30, **kwargs)
 
 
+def scrape(server: LocalServer) -> list[Sample]:
+    response = requests.get(f"{server.url}/metrics", timeout=30)
+    assert response.status_code == 200, response.text
+    return [sample for family in text_string_to_metric_families(response.text) for sample in family.samples]
+
+
+def total(samples: list[Sample], name: str, **labels: str) -> float:
+    """The sum of `name` over every series whose labels include `labels`."""
+    return sum(s.value for s in samples if s.name == name and labels.items() <= s.labels.items())
+
+
+COUNTERS = ("kerasrv_requests_total", "kerasrv_request_duration_seconds_count", "kerasrv_batch_rows_count",
+            "kerasrv_batch_rows_sum", "kerasrv_queue_duration_seconds_count", "kerasrv_process_starts_total")
+
+
+def assert_no_counter_went_back(before: list[Sample], after: list[Sample]) -> None:
+    for name in COUNTERS:
+        assert total(after, name) >= total(before, name), name
+
+
 def scores(response: requests.Response) -> dict[str, float]:
     return {p["label"]: p["score"] for p in response.json()["predictions"]}
 
@@ -45,6 +70,7 @@ def test_concurrent_requests_are_batched_and_answers_match_single_requests(serve
     alone = [scores(predict(server.url, png)) for png in digit_pngs[:16]]
     server.connect_every_thread()
     before = server.stats()
+    scraped = scrape(server)
     with ThreadPoolExecutor(16) as pool, server.mule_stopped() as mule:
         futures = [pool.submit(predict, server.url, png) for png in digit_pngs[:16]]
         wait_for(lambda: requests_waiting(mule) == 16, 60, "16 requests waiting at the mule")
@@ -64,6 +90,33 @@ def test_concurrent_requests_are_batched_and_answers_match_single_requests(serve
     assert set(after["batch_cost_ms"]) == {str(size) for size in after["buckets"]}
     assert limit in after["buckets"]
     assert max(int(size) for size in after["batch_sizes"]) <= limit
+    # /metrics, summed over both workers and the mule, saw exactly these 16 requests and batches
+    now = scrape(server)
+    grew = {name: total(now, name, route="/predict") - total(scraped, name, route="/predict")
+            for name in ("kerasrv_requests_total", "kerasrv_request_duration_seconds_count")}
+    assert grew == {"kerasrv_requests_total": 16, "kerasrv_request_duration_seconds_count": 16}
+    assert total(now, "kerasrv_requests_total", route="/predict", code="200") - \
+        total(scraped, "kerasrv_requests_total", route="/predict", code="200") == 16
+    batches = total(now, "kerasrv_batch_rows_count") - total(scraped, "kerasrv_batch_rows_count")
+    assert batches == -(-16 // limit)
+    assert total(now, "kerasrv_batch_rows_sum") - total(scraped, "kerasrv_batch_rows_sum") == 16
+    assert total(now, "kerasrv_queue_duration_seconds_count") - total(scraped, "kerasrv_queue_duration_seconds_count") \
+        == 16
+    assert total(now, "kerasrv_batch_duration_seconds_count") - total(scraped, "kerasrv_batch_duration_seconds_count") \
+        == batches
+    one_row = total(now, "kerasrv_batch_rows_bucket", le="1.0") - total(scraped, "kerasrv_batch_rows_bucket", le="1.0")
+    assert one_row < batches, "the histogram shows no batch of more than one row"
+    assert total(now, "kerasrv_model_state", state="ready") == 1
+    assert total(now, "kerasrv_model_load_seconds") >= total(now, "kerasrv_model_warmup_seconds") > 0
+    memory = {s.labels["process"] for s in now if s.name == "kerasrv_process_resident_memory_bytes" and s.value > 0}
+    assert memory == {"worker", "mule"}
+
+
+def test_promtool_passes_the_real_scrape(server):
+    text = requests.get(f"{server.url}/metrics", timeout=30).text
+    result = subprocess.run([str(Path(sys.executable).parent / "promtool"), "check", "metrics"], input=text,
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0 and not (result.stdout + result.stderr).strip(), result
 
 
 def test_lone_requests_are_not_delayed(server, digit_pngs):
@@ -76,6 +129,7 @@ def test_lone_requests_are_not_delayed(server, digit_pngs):
 
 def test_killing_the_mule_under_load_gives_clean_503s_then_recovery(server, digit_pngs):
     old_mule = server.mule_pid()
+    scraped = scrape(server)
     stop = threading.Event()
     outcomes: Counter[str] = Counter()
     slow: list[float] = []
@@ -124,11 +178,16 @@ def test_killing_the_mule_under_load_gives_clean_503s_then_recovery(server, digi
     assert errors, "killing the mule went unnoticed?"
     assert set(errors) <= {"503 backend_unavailable", "503 not_ready"}, outcomes
     assert not slow, f"503s should come at once, not after a timeout: {slow}"
+    now = scrape(server)
+    assert_no_counter_went_back(scraped, now)
+    assert total(now, "kerasrv_process_starts_total", process="mule") == \
+        total(scraped, "kerasrv_process_starts_total", process="mule") + 1
 
 
 def test_killing_a_worker_mid_request_leaves_no_wedged_slot(server, digit_pngs):
     server.connect_every_thread()
     workers = server.worker_pids()
+    scraped = scrape(server)
     assert len(workers) == 2
     files = [("image", ("d.png", digit_pngs[0]))] * 64
     in_flight = threading.Thread(
@@ -150,6 +209,14 @@ def test_killing_a_worker_mid_request_leaves_no_wedged_slot(server, digit_pngs):
     with ThreadPoolExecutor(16) as pool:
         codes = list(pool.map(one, range(64)))
     assert codes == [200] * 64
+    starts = total(scraped, "kerasrv_process_starts_total", process="worker") + 2
+
+    def new_workers_counted() -> list[Sample] | None:
+        got = scrape(server)
+        return got if total(got, "kerasrv_process_starts_total", process="worker") == starts else None
+
+    now = wait_for(new_workers_counted, 60, "both new workers in kerasrv_process_starts_total")
+    assert_no_counter_went_back(scraped, now)  # the dead workers' counts are still in the sums
 
 
 def test_deadline_answers_504(start_server, digit_pngs):

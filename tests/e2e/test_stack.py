@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import base64
+import json
 import os
+import re
 import signal
 import socket
 import threading
@@ -18,6 +20,7 @@ from tests.doubles import jpeg_bytes, png_bytes
 from tools.local_server import LocalServer, requests_waiting, wait_for
 from training.digits import heldout_split, render_png
 
+MADE_ID = re.compile(r"[0-9a-f]{32}")  # nginx's $request_id
 LOAD_SECONDS = float(os.environ.get("KERASRV_TEST_LOAD_SECONDS", "30"))
 
 
@@ -84,7 +87,43 @@ def test_bad_uploads_get_json_errors_and_the_server_keeps_serving(digits):
         assert response.headers["Content-Type"].startswith("application/json")
         assert response.json()["code"] == code
         assert set(response.json()) == {"error", "code"}
+        assert MADE_ID.fullmatch(response.headers["X-Request-ID"]), code  # nginx's own 413 too
     assert requests.post(url, files={"image": ("d.png", good)}).status_code == 200
+
+
+def test_request_id_comes_back_once_and_is_in_the_access_log(digits):
+    png = render_png(heldout_split()[2][0])
+    response = requests.post(f"{digits.url}/predict", files={"image": ("d.png", png)},
+                             headers={"X-Request-ID": "client-id-42"})
+    assert response.status_code == 200 and response.headers["X-Request-ID"] == "client-id-42"  # once: no ", "
+
+    def access_log_line() -> str | None:
+        return next((line for line in digits.log(200_000).splitlines() if "rid=client-id-42" in line), None)
+
+    assert '"POST /predict HTTP/1.1" 200' in wait_for(access_log_line, 30, "the access-log line of the request")
+    for given in (None, "not a token", "x" * 129):
+        headers = {} if given is None else {"X-Request-ID": given}
+        for path in ("/health/live", "/static/upload.js", "/nope"):
+            made = requests.get(f"{digits.url}{path}", headers=headers).headers["X-Request-ID"]
+            assert MADE_ID.fullmatch(made), (given, path, made)
+
+
+def test_json_logs_from_nginx_the_workers_and_the_mule(start_server):
+    server = start_server({"LOG_FORMAT": "json", "WORKERS": "1", "THREADS": "2"}, name="jsonlogs")
+    png = render_png(heldout_split()[2][0])
+    response = requests.post(f"{server.url}/predict", files={"image": ("d.png", png)}, headers={"X-Request-ID": "j-1"})
+    assert response.status_code == 200
+
+    def entries() -> list[dict]:
+        return [json.loads(line) for line in server.log(200_000).splitlines() if line.startswith("{")]
+
+    access = wait_for(lambda: next((e for e in entries() if e.get("request_id") == "j-1"), None), 30,
+                      "the JSON access-log line of the request")
+    assert (access["method"], access["path"], access["status"], access["batch_size"]) == ("POST", "/predict", 200, "1")
+    assert access["bytes"] > 0 and access["request_time"] >= float(access["upstream_time"]) >= 0
+    ours = [e for e in entries() if "logger" in e]
+    assert {"app.inference.mule_server", "app.inference.model_runner"} <= {e["logger"] for e in ours}, ours
+    assert all(set(e) >= {"time", "level", "pid", "request_id", "message"} for e in ours)
 
 
 def test_health_landing_page_and_static_files(digits):
