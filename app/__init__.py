@@ -10,7 +10,7 @@ from typing import TextIO
 
 from flask import Flask
 
-from app import metrics, request_ids
+from app import auth, cors, metrics, request_ids
 from app.config import Settings
 from app.errors import register_error_handlers
 from app.inference.backend import Backend
@@ -71,6 +71,10 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
     register_error_handlers(app)
     request_ids.install(app)
     metrics.instrument(app, settings.model_name)
+    if settings.cors_origins:  # before the token check: a preflight carries no token
+        cors.install(app, settings.cors_origins)
+    if settings.auth_tokens_file is not None:
+        auth.install(app, auth.TokenFile(settings.auth_tokens_file), settings.metrics_open)
     from app.routes import bp  # noqa: PLC0415
 
     app.register_blueprint(bp)

@@ -7,6 +7,7 @@ TensorFlow (the uWSGI master and the workers never import it).
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -51,6 +52,25 @@ def _flag(env: dict[str, str], name: str, default: bool) -> bool:
     if value in ("0", "false", "no", "off"):
         return False
     raise ConfigError(f"{name} must be on or off (1/0, true/false), got {value!r}")
+
+
+def _origins(raw: str) -> tuple[str, ...]:
+    """CORS_ORIGINS: `*`, or comma-separated origins such as https://app.example.com:8443."""
+    origins = tuple(part.strip().rstrip("/") for part in raw.split(",") if part.strip())
+    for origin in origins:
+        if origin != "*" and not re.fullmatch(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?", origin):
+            raise ConfigError(f"CORS_ORIGINS: {origin!r} is not '*' or an origin like https://app.example.com")
+    return origins
+
+
+def _readable_file(env: dict[str, str], name: str) -> Path | None:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return None
+    path = Path(raw).expanduser().resolve()
+    if not path.is_file() or not os.access(path, os.R_OK):
+        raise ConfigError(f"{name} {path} is not a readable file")
+    return path
 
 
 def _buckets(raw: str, max_batch: int) -> tuple[int, ...]:
@@ -107,6 +127,11 @@ class Settings:
     runtime_dir: Path = PROJECT_ROOT / ".run"
     log_level: str = "info"
     log_format: str = "text"
+    auth_tokens_file: Path | None = None
+    metrics_open: bool = False
+    cors_origins: tuple[str, ...] = ()
+    rate_limit_rps: int = 0
+    rate_limit_burst: int = 20
 
     @property
     def n_slots(self) -> int:
@@ -179,4 +204,9 @@ class Settings:
             runtime_dir=Path(runtime_raw).resolve() if runtime_raw else PROJECT_ROOT / ".run",
             log_level=_choice(env, "LOG_LEVEL", "info", ("debug", "info", "warning", "error")),
             log_format=_choice(env, "LOG_FORMAT", "text", ("text", "json")),
+            auth_tokens_file=_readable_file(env, "AUTH_TOKENS_FILE"),
+            metrics_open=_flag(env, "METRICS_OPEN", False),
+            cors_origins=_origins(env.get("CORS_ORIGINS", "")),
+            rate_limit_rps=_int(env, "RATE_LIMIT_RPS", 0),
+            rate_limit_burst=_int(env, "RATE_LIMIT_BURST", 20),
         )

@@ -11,19 +11,23 @@ from app.inference.backend import BackendError
 class ApiError(Exception):
     """Raised anywhere below the routes; rendered as `{"error": ..., "code": ...}` with `status`."""
 
-    def __init__(self, status: int, code: str, message: str, retry_after: int | None = None):
+    def __init__(self, status: int, code: str, message: str, retry_after: int | None = None,
+                 headers: dict[str, str] | None = None):
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
         self.retry_after = retry_after
+        self.headers = headers or {}
 
 
-def _render(status: int, code: str, message: str, retry_after: int | None = None):
+def _render(status: int, code: str, message: str, retry_after: int | None = None,
+            headers: dict[str, str] | None = None):
     response = jsonify(error=message, code=code)
     response.status_code = status
     if retry_after is not None:
         response.headers["Retry-After"] = str(retry_after)
+    response.headers.update(headers or {})
     return response
 
 
@@ -40,7 +44,7 @@ _HTTP_CODES = {
 def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(ApiError)
     def _api_error(err: ApiError):
-        return _render(err.status, err.code, err.message, err.retry_after)
+        return _render(err.status, err.code, err.message, err.retry_after, err.headers)
 
     @app.errorhandler(BackendError)
     def _backend_error(err: BackendError):

@@ -49,10 +49,11 @@ def service_user(settings: Settings) -> str:
         return pwd.getpwuid(os.geteuid()).pw_name
     if os.environ.get("KERASRV_USER"):
         return os.environ["KERASRV_USER"]
-    if _readable_by_others(PROJECT_ROOT) and _readable_by_others(settings.model_path):
+    needed = [PROJECT_ROOT, settings.model_path, *filter(None, [settings.auth_tokens_file])]
+    if all(_readable_by_others(path) for path in needed):
         return "nobody"
     print(
-        f"kerasrv: warning: {PROJECT_ROOT} or {settings.model_path} is not readable by other users;"
+        f"kerasrv: warning: one of {', '.join(map(str, needed))} is not readable by other users;"
         " uWSGI runs as root. Set KERASRV_USER to a user that can read them.",
         file=sys.stderr,
     )
@@ -99,6 +100,10 @@ def prepare(settings: Settings, env: dict[str, str]) -> dict[str, str]:
         "MAX_UPLOAD_MB": str(settings.max_upload_mb),
         "PROXY_TIMEOUT_S": str(settings.proxy_timeout_s),
         "LOG_FORMAT": settings.log_format,
+        "RATE_LIMIT_ZONE": f"limit_req_zone $kerasrv_limit_key zone=per_client:10m rate={settings.rate_limit_rps}r/s;"
+        if settings.rate_limit_rps else "",
+        "RATE_LIMIT": f"limit_req zone=per_client burst={settings.rate_limit_burst} nodelay;"
+        if settings.rate_limit_rps else "",
         "USER_DIRECTIVE": f"user {user} {grp.getgrgid(pwd.getpwnam(user).pw_gid).gr_name};"
         if os.geteuid() == 0 else "",
     }

@@ -127,6 +127,7 @@ class LocalServer:
         }
         self.env = {**os.environ, **base, **(env or {})}
         self.process: subprocess.Popen | None = None
+        self.token: str | None = None  # sent with the helpers' own requests when AUTH_TOKENS_FILE is set
 
     def start(self, wait_ready: bool = True, timeout: float = 120) -> LocalServer:
         self._log = open(self.log_path, "wb")  # closed in stop()
@@ -156,7 +157,8 @@ class LocalServer:
         return self.log_path.read_text(errors="replace")[-tail:]
 
     def stats(self) -> dict:
-        return requests.get(f"{self.url}/stats", timeout=10).json()
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        return requests.get(f"{self.url}/stats", headers=headers, timeout=10).json()
 
     def mule_pid(self) -> int:
         """The mule publishes its PID in /stats."""

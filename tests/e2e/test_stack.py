@@ -126,6 +126,47 @@ def test_json_logs_from_nginx_the_workers_and_the_mule(start_server):
     assert all(set(e) >= {"time", "level", "pid", "request_id", "message"} for e in ours)
 
 
+HARDENING = {"X-Content-Type-Options": "nosniff", "X-Frame-Options": "DENY", "Referrer-Policy": "no-referrer",
+             "Content-Security-Policy": "default-src 'self'; frame-ancestors 'none'"}
+
+
+def raw_http(port: int, request: bytes) -> tuple[int, dict[str, str], str]:
+    """Send bytes no HTTP library would send; (status, headers, body) of the answer."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as conn:
+        conn.sendall(request)
+        answer = b""
+        while chunk := conn.recv(65536):
+            answer += chunk
+    head, _, body = answer.decode(errors="replace").partition("\r\n\r\n")
+    lines = head.split("\r\n")
+    headers = dict(line.split(": ", 1) for line in lines[1:])
+    return int(lines[0].split()[1]), headers, body
+
+
+@pytest.mark.parametrize(("request_bytes", "status", "code"), [
+    (b"GARBAGE\r\n\r\n", 400, "bad_request"),
+    (b"GET /" + b"a" * 70_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414, "uri_too_long"),
+    (b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 40_000 + b"\r\n\r\n", 400, "header_too_large"),
+    (b"GET /static/nope.js HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", 404, "not_found"),
+    (b"POST /static/style.css HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n", 405,
+     "method_not_allowed"),
+    (b"GET /_errors/400 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", 404, "not_found"),  # internal only
+], ids=["bad-request-line", "uri-too-long", "header-too-large", "static-missing", "static-post", "internal-page"])
+def test_nginx_own_errors_are_json_with_every_header(digits, request_bytes, status, code):
+    got_status, headers, body = raw_http(digits.port, request_bytes)
+    assert (got_status, json.loads(body)["code"]) == (status, code), body
+    assert headers["Content-Type"] == "application/json"
+    assert {name: headers.get(name) for name in HARDENING} == HARDENING
+    assert MADE_ID.fullmatch(headers["X-Request-ID"]) and headers["Server"] == "nginx"  # no version
+
+
+def test_app_answers_carry_the_hardening_headers_and_one_retry_after(digits):
+    for response in (requests.get(digits.url), requests.get(f"{digits.url}/nope"),
+                     requests.get(f"{digits.url}/static/style.css")):
+        assert {name: response.headers.get(name) for name in HARDENING} == HARDENING, response.url
+        assert "Retry-After" not in response.headers
+
+
 def test_health_landing_page_and_static_files(digits):
     assert requests.get(f"{digits.url}/health/live").json() == {"status": "alive"}
     ready = requests.get(f"{digits.url}/health/ready")
@@ -222,7 +263,7 @@ def test_model_that_fails_to_load_is_not_ready_and_does_not_crash_loop(start_ser
     first_mule = server.mule_pid()
     response = requests.post(f"{server.url}/predict", files={"image": ("x.png", png_bytes(np.zeros((8, 8), np.uint8)))})
     assert response.status_code == 503 and response.json()["code"] == "not_ready"
-    assert "Retry-After" in response.headers
+    assert response.headers["Retry-After"] == "1"  # the app's, once: nginx adds its own only to its own 503s
     assert "model failed to load" in server.log(100_000)
     # alive and waiting, not respawning: no other mule answers within 2 s (a window, since an
     # absence cannot be awaited; a crash loop respawns at once)

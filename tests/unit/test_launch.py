@@ -46,20 +46,22 @@ def test_render_refuses_an_unknown_placeholder():
 def test_the_real_template_only_uses_known_placeholders():
     # every placeholder in nginx.conf is one prepare() provides
     provided = {"HOST", "PORT", "RUNTIME_DIR", "STATIC_DIR", "MAX_UPLOAD_MB", "PROXY_TIMEOUT_S", "USER_DIRECTIVE",
-                "LOG_FORMAT"}
+                "LOG_FORMAT", "RATE_LIMIT_ZONE", "RATE_LIMIT"}
     render_nginx((PROJECT_ROOT / "nginx.conf").read_text(), dict.fromkeys(provided, "x"))
 
 
-@pytest.fixture(params=["text", "json"])
+@pytest.fixture(params=[{"LOG_FORMAT": "text"}, {"LOG_FORMAT": "json", "RATE_LIMIT_RPS": "5"}],
+                ids=["text", "json-limited"])
 def prepared(tmp_path, monkeypatch, request):
-    """prepare() for a server on port 18123 with its runtime directory in tmp_path, per LOG_FORMAT."""
+    """prepare() for a server on port 18123 with its runtime directory in tmp_path: plain, and with
+    JSON logs and a rate limit."""
     if NGINX is None:
         pytest.skip("nginx is not installed")
     monkeypatch.delenv("KERASRV_USER", raising=False)
     tmp_path.chmod(0o755)  # as root the service user is `nobody`, who must be able to enter it
     settings = Settings.from_env({
         "HOST": "127.0.0.1", "PORT": "18123", "RUNTIME_DIR": str(tmp_path / "run"), "MAX_UPLOAD_MB": "7",
-        "REQUEST_TIMEOUT_MS": "20000", "WORKERS": "3", "THREADS": "2", "SLOT_MB": "1", "LOG_FORMAT": request.param,
+        "REQUEST_TIMEOUT_MS": "20000", "WORKERS": "3", "THREADS": "2", "SLOT_MB": "1", **request.param,
     })
     env = prepare(settings, {"PATH": os.environ.get("PATH", ""), "KERASRV_MULE": "stale"})
     return settings, env, tmp_path / "run"
@@ -75,6 +77,9 @@ def test_prepare_writes_the_runtime_directory(prepared):
     assert "client_max_body_size 7m;" in conf
     assert f"uwsgi_read_timeout {settings.proxy_timeout_s}s;" in conf
     assert f"access_log /dev/stdout {settings.log_format};" in conf
+    limited = "limit_req zone=per_client burst=20 nodelay;" in conf
+    assert limited == ("limit_req_zone $kerasrv_limit_key zone=per_client:10m rate=5r/s;" in conf)
+    assert limited == (settings.rate_limit_rps == 5)
     assert f"server unix:{runtime}/uwsgi.sock;" in conf
     assert f"alias {PROJECT_ROOT}/app/static/;" in conf
     assert "the limit is 7 MB" in conf
