@@ -42,7 +42,7 @@ def test_live_view_shows_the_traffic_while_load_runs(start_server, tmp_path):
             page = browser.new_page(viewport={"width": 1000, "height": 800})
             page.goto(f"{server.url}/dashboard")
             # the page needs two scrapes (2 s apart) for a rate: wait until it shows one
-            page.wait_for_function("Number(document.getElementById('p99').dataset.value) > 0", timeout=60_000)
+            page.wait_for_function("() => Number(document.getElementById('p99').dataset.value) > 0", timeout=60_000)
             figures = {name: page.get_attribute(f"#{name}", "data-value") for name in ("rps", "p50", "p99", "queued",
                                                                                        "state")}
             bars = page.eval_on_selector_all(".bar", "bars => bars.map(b => Number(b.dataset.batches))")
