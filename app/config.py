@@ -132,6 +132,10 @@ class Settings:
     cors_origins: tuple[str, ...] = ()
     rate_limit_rps: int = 0
     rate_limit_burst: int = 20
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    http_redirect_port: int = 0
+    tls_watch_s: int = 5
 
     @property
     def n_slots(self) -> int:
@@ -177,6 +181,12 @@ class Settings:
             labels_path = beside if beside.is_file() else None
         max_batch = _int(env, "MAX_BATCH_SIZE", 16, minimum=1)
         runtime_raw = env.get("RUNTIME_DIR", "").strip()
+        tls_cert, tls_key = _readable_file(env, "TLS_CERT_FILE"), _readable_file(env, "TLS_KEY_FILE")
+        if (tls_cert is None) != (tls_key is None):
+            raise ConfigError("TLS_CERT_FILE and TLS_KEY_FILE go together: set both or neither")
+        redirect_port = _int(env, "HTTP_REDIRECT_PORT", 0)
+        if redirect_port and tls_cert is None:
+            raise ConfigError("HTTP_REDIRECT_PORT redirects to HTTPS: it needs TLS_CERT_FILE and TLS_KEY_FILE")
         return cls(
             host=env.get("HOST", "").strip() or "0.0.0.0",
             port=_int(env, "PORT", 8080, minimum=1),
@@ -209,4 +219,8 @@ class Settings:
             cors_origins=_origins(env.get("CORS_ORIGINS", "")),
             rate_limit_rps=_int(env, "RATE_LIMIT_RPS", 0),
             rate_limit_burst=_int(env, "RATE_LIMIT_BURST", 20),
+            tls_cert_file=tls_cert,
+            tls_key_file=tls_key,
+            http_redirect_port=redirect_port,
+            tls_watch_s=_int(env, "TLS_WATCH_S", 5, minimum=1),
         )

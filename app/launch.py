@@ -20,6 +20,7 @@ import sys
 import threading
 from pathlib import Path
 
+from app import tls
 from app.config import PROJECT_ROOT, ConfigError, Settings
 
 PAGE = 4096
@@ -100,6 +101,7 @@ def prepare(settings: Settings, env: dict[str, str]) -> dict[str, str]:
         "MAX_UPLOAD_MB": str(settings.max_upload_mb),
         "PROXY_TIMEOUT_S": str(settings.proxy_timeout_s),
         "LOG_FORMAT": settings.log_format,
+        **tls.nginx_values(settings),
         "RATE_LIMIT_ZONE": f"limit_req_zone $kerasrv_limit_key zone=per_client:10m rate={settings.rate_limit_rps}r/s;"
         if settings.rate_limit_rps else "",
         "RATE_LIMIT": f"limit_req zone=per_client burst={settings.rate_limit_burst} nodelay;"
@@ -171,13 +173,19 @@ def main() -> int:
     )
 
     def forward(signum, _frame):
-        if signum != signal.SIGHUP:
-            settings.stop_marker.touch()
+        settings.stop_marker.touch()
         child.send_signal(signum)
 
-    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP):
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
         signal.signal(signum, forward)
+    # SIGHUP re-reads what can change without a restart (the TLS certificate); supervisord's own
+    # SIGHUP would restart every process
+    signal.signal(signal.SIGHUP, lambda _signum, _frame: tls.reload_nginx(settings.runtime_dir))
+    stop_watching = threading.Event()
+    if settings.tls_cert_file is not None:
+        threading.Thread(target=tls.watch_certificate, args=(settings, stop_watching), daemon=True).start()
     code = child.wait()
+    stop_watching.set()
     if (settings.runtime_dir / FATAL_MARKER).exists():
         print("kerasrv: a process failed for good; exiting so that it is restarted", file=sys.stderr)
         return 1

@@ -1,13 +1,16 @@
 """The test doubles every test file shares: a fake backend for the HTTP layer, a toy model and a
-harness that runs the real mule server in a thread (no uWSGI, no TensorFlow), and image bytes.
+harness that runs the real mule server in a thread (no uWSGI, no TensorFlow), and test data
+(certificates, image bytes).
 """
 
 from __future__ import annotations
 
 import io
 import mmap
+import subprocess
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -174,7 +177,20 @@ def in_worker_threads(clients: list[MuleClient], threads: int, call, meanwhile=N
     return results
 
 
-# --- image bytes ------------------------------------------------------------------------------
+# --- test data --------------------------------------------------------------------------------
+
+
+def self_signed_cert(folder: Path, name: str = "server") -> tuple[Path, Path]:
+    """A fresh certificate and key for 127.0.0.1 and localhost (openssl), readable by the service user."""
+    cert, key = folder / f"{name}.crt", folder / f"{name}.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                    "-nodes", "-days", "2", "-subj", "/CN=localhost", "-addext",
+                    "subjectAltName=IP:127.0.0.1,DNS:localhost", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True, timeout=60)
+    key.chmod(0o644)
+    return cert, key
+
+
 
 
 def png_bytes(array: np.ndarray) -> bytes:

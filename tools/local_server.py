@@ -100,10 +100,10 @@ def requests_waiting(mule: int) -> int:
     return sum(unread > 0 for state, unread in unix_sockets(mule) if state == "ESTAB")
 
 
-def health(url: str) -> dict | None:
+def health(url: str, verify: str | bool = True) -> dict | None:
     """/health/ready's JSON body (with the HTTP status under "http_status"), or None if nothing answers."""
     try:
-        response = requests.get(f"{url}/health/ready", timeout=5)
+        response = requests.get(f"{url}/health/ready", timeout=5, verify=verify)
         return {**response.json(), "http_status": response.status_code}
     except (requests.RequestException, ValueError):  # not listening yet, or nginx's own page
         return None
@@ -115,7 +115,6 @@ class LocalServer:
     def __init__(self, env: dict[str, str] | None = None, name: str = "server"):
         self.port = free_port()
         self.runtime = world_readable_dir(f"kerasrv-{name}-")
-        self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = self.runtime / "server.log"
         base = {
             "HOST": "127.0.0.1",
@@ -126,6 +125,9 @@ class LocalServer:
             "LOG_LEVEL": "info",
         }
         self.env = {**os.environ, **base, **(env or {})}
+        # with TLS, the helpers' own requests trust exactly the server's certificate
+        self.verify: str | bool = self.env.get("TLS_CERT_FILE") or True
+        self.url = f"{'https' if self.env.get('TLS_CERT_FILE') else 'http'}://127.0.0.1:{self.port}"
         self.process: subprocess.Popen | None = None
         self.token: str | None = None  # sent with the helpers' own requests when AUTH_TOKENS_FILE is set
 
@@ -145,20 +147,20 @@ class LocalServer:
         def reached() -> dict | None:
             if self.process.poll() is not None:
                 raise AssertionError(f"server exited with {self.process.returncode}:\n{self.log()}")
-            body = health(self.url)
+            body = health(self.url, self.verify)
             return body if body and body.get("state") == state else None
 
         try:
             return wait_for(reached, timeout, f"server state {state!r}", interval=0.1)
         except TimeoutError as exc:
-            raise AssertionError(f"{exc}; last answer {health(self.url)}:\n{self.log()}") from None
+            raise AssertionError(f"{exc}; last answer {health(self.url, self.verify)}:\n{self.log()}") from None
 
     def log(self, tail: int = 8000) -> str:
         return self.log_path.read_text(errors="replace")[-tail:]
 
     def stats(self) -> dict:
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
-        return requests.get(f"{self.url}/stats", headers=headers, timeout=10).json()
+        return requests.get(f"{self.url}/stats", headers=headers, timeout=10, verify=self.verify).json()
 
     def mule_pid(self) -> int:
         """The mule publishes its PID in /stats."""
@@ -173,7 +175,7 @@ class LocalServer:
 
         def all_connected() -> bool:
             with ThreadPoolExecutor(threads) as pool:
-                list(pool.map(lambda _: requests.get(f"{self.url}/health/ready", timeout=30), range(2 * threads)))
+                list(pool.map(lambda _: health(self.url, self.verify), range(2 * threads)))
             return sum(state == "ESTAB" for state, _ in unix_sockets(mule)) >= threads
 
         wait_for(all_connected, 120, f"all {threads} worker threads connected to the mule", interval=0)

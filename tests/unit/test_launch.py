@@ -11,6 +11,7 @@ import pytest
 
 from app.config import PROJECT_ROOT, Settings
 from app.launch import prepare, render_nginx
+from tests.doubles import self_signed_cert
 
 NGINX = shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if Path(p).exists()),
                                       None)
@@ -46,25 +47,33 @@ def test_render_refuses_an_unknown_placeholder():
 def test_the_real_template_only_uses_known_placeholders():
     # every placeholder in nginx.conf is one prepare() provides
     provided = {"HOST", "PORT", "RUNTIME_DIR", "STATIC_DIR", "MAX_UPLOAD_MB", "PROXY_TIMEOUT_S", "USER_DIRECTIVE",
-                "LOG_FORMAT", "RATE_LIMIT_ZONE", "RATE_LIMIT"}
+                "LOG_FORMAT", "RATE_LIMIT_ZONE", "RATE_LIMIT", "LISTEN_OPTIONS", "TLS_DIRECTIVES", "REDIRECT_SERVER"}
     render_nginx((PROJECT_ROOT / "nginx.conf").read_text(), dict.fromkeys(provided, "x"))
 
 
-@pytest.fixture(params=[{"LOG_FORMAT": "text"}, {"LOG_FORMAT": "json", "RATE_LIMIT_RPS": "5"}],
-                ids=["text", "json-limited"])
+@pytest.fixture(params=[{"LOG_FORMAT": "text"}, {"LOG_FORMAT": "json", "RATE_LIMIT_RPS": "5"},
+                        {"TLS": "on", "HTTP_REDIRECT_PORT": "18124"}], ids=["text", "json-limited", "tls"])
 def prepared(tmp_path, monkeypatch, request):
-    """prepare() for a server on port 18123 with its runtime directory in tmp_path: plain, and with
-    JSON logs and a rate limit."""
+    """prepare() for a server on port 18123 with its runtime directory in tmp_path: plain, with
+    JSON logs and a rate limit, and with TLS and a redirect port."""
     if NGINX is None:
         pytest.skip("nginx is not installed")
     monkeypatch.delenv("KERASRV_USER", raising=False)
     tmp_path.chmod(0o755)  # as root the service user is `nobody`, who must be able to enter it
     settings = Settings.from_env({
         "HOST": "127.0.0.1", "PORT": "18123", "RUNTIME_DIR": str(tmp_path / "run"), "MAX_UPLOAD_MB": "7",
-        "REQUEST_TIMEOUT_MS": "20000", "WORKERS": "3", "THREADS": "2", "SLOT_MB": "1", **request.param,
+        "REQUEST_TIMEOUT_MS": "20000", "WORKERS": "3", "THREADS": "2", "SLOT_MB": "1",
+        **request.param, **tls_files(request.param, tmp_path),
     })
     env = prepare(settings, {"PATH": os.environ.get("PATH", ""), "KERASRV_MULE": "stale"})
     return settings, env, tmp_path / "run"
+
+
+def tls_files(param: dict[str, str], folder: Path) -> dict[str, str]:
+    if "TLS" not in param:
+        return {}
+    cert, key = self_signed_cert(folder)
+    return {"TLS_CERT_FILE": str(cert), "TLS_KEY_FILE": str(key)}
 
 
 def test_prepare_writes_the_runtime_directory(prepared):
@@ -73,13 +82,17 @@ def test_prepare_writes_the_runtime_directory(prepared):
         assert (runtime / sub).is_dir()
     conf = (runtime / "nginx.conf").read_text()
     assert "${" not in conf
-    assert "listen 127.0.0.1:18123;" in conf
+    assert "listen 127.0.0.1:18123" in conf
     assert "client_max_body_size 7m;" in conf
     assert f"uwsgi_read_timeout {settings.proxy_timeout_s}s;" in conf
     assert f"access_log /dev/stdout {settings.log_format};" in conf
     limited = "limit_req zone=per_client burst=20 nodelay;" in conf
     assert limited == ("limit_req_zone $kerasrv_limit_key zone=per_client:10m rate=5r/s;" in conf)
     assert limited == (settings.rate_limit_rps == 5)
+    tls = settings.tls_cert_file is not None
+    assert ("listen 127.0.0.1:18123 ssl http2;" in conf) == tls and ("listen 127.0.0.1:18123;" in conf) != tls
+    assert ("ssl_protocols TLSv1.2 TLSv1.3;" in conf) == tls
+    assert ("listen 127.0.0.1:18124;" in conf and "return 308 https://$host:18123$request_uri;" in conf) == tls
     assert f"server unix:{runtime}/uwsgi.sock;" in conf
     assert f"alias {PROJECT_ROOT}/app/static/;" in conf
     assert "the limit is 7 MB" in conf

@@ -226,6 +226,7 @@ def test_unit_runs_the_launcher_from_the_installed_tree():
     assert service["KillSignal"] == "SIGTERM" and service["KillMode"] == "mixed"
     assert int(service["TimeoutStopSec"]) >= 60
     assert service["Restart"] == "on-failure"
+    assert service["ExecReload"] == "/bin/kill -HUP $MAINPID"  # the launcher reloads nginx (TLS certificate)
     assert "User" not in service, "supervisord needs root (port 80) and drops uWSGI and nginx to kerasrv"
     assert service["StandardOutput"] == service["StandardError"] == "journal"
     assert unit()["Install"]["WantedBy"] == "multi-user.target"
