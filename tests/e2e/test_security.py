@@ -6,6 +6,7 @@ import os
 import threading
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
@@ -90,14 +91,21 @@ def test_rotating_the_token_file_under_load_takes_effect_without_a_restart(start
 
 
 def test_rate_limit_answers_429_json_per_client(start_server):
-    server = start_server({"RATE_LIMIT_RPS": "5", "RATE_LIMIT_BURST": "5", "WORKERS": "1", "THREADS": "2"},
-                          name="ratelimit")
-    with requests.Session() as session:
-        answers = [session.get(f"{server.url}/stats") for _ in range(40)]  # far above 5/s
-        probes = [session.get(f"{server.url}/health/live").status_code for _ in range(40)]
+    rate, burst = 5, 5
+    server = start_server({"RATE_LIMIT_RPS": str(rate), "RATE_LIMIT_BURST": str(burst), "WORKERS": "1",
+                           "THREADS": "2"}, name="ratelimit")
+    started = time.monotonic()
+    with ThreadPoolExecutor(8) as pool:  # 40 requests at once, far above 5/s
+        answers = list(pool.map(lambda _: requests.get(f"{server.url}/stats", timeout=30), range(40)))
+    elapsed = time.monotonic() - started
     statuses = Counter(answer.status_code for answer in answers)
-    assert set(statuses) == {200, 429} and statuses[429] >= 20, statuses
+    assert set(statuses) <= {200, 429}, statuses
+    # nginx lets through the burst, plus the rate over the time it took (and one for rounding)
+    assert 0 < statuses[200] <= burst + 1 + rate * elapsed + 1, (statuses, elapsed)
+    assert statuses[429] > 0, (statuses, elapsed)
     limited = next(answer for answer in answers if answer.status_code == 429)
     assert limited.json()["code"] == "rate_limited" and limited.headers["Retry-After"] == "1"
     assert limited.headers["X-Request-ID"]
+    with requests.Session() as session:
+        probes = [session.get(f"{server.url}/health/live").status_code for _ in range(40)]
     assert probes == [200] * 40  # health probes are never limited
