@@ -15,6 +15,8 @@ from app.config import Settings
 from app.errors import register_error_handlers
 from app.inference.backend import Backend
 
+__version__ = "0.1.0"  # keep in step with pyproject.toml (tests/unit/test_packaging.py checks)
+
 
 def make_backend(settings: Settings) -> Backend:
     """The backend INFERENCE_MODE asks for; neither import pulls in TensorFlow here."""
@@ -75,7 +77,12 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
         cors.install(app, settings.cors_origins)
     if settings.auth_tokens_file is not None:
         auth.install(app, auth.TokenFile(settings.auth_tokens_file), settings.metrics_open)
+    from app import api_docs  # noqa: PLC0415
+    from app.protocols import tfserving, v2  # noqa: PLC0415
     from app.routes import bp  # noqa: PLC0415
 
     app.register_blueprint(bp)
+    app.register_blueprint(api_docs.bp)
+    app.register_blueprint(tfserving.bp)
+    app.register_blueprint(v2.bp)
     return app

@@ -105,6 +105,9 @@ class Settings:
     port: int = 8080
     model_path: Path = DEMO_MODEL
     model_name: str = "digits"
+    model_version: int = 0  # 0: the highest complete version
+    model_settle_s: int = 2
+    model_poll_s: int = 0  # 0: no polling
     labels_path: Path | None = None
     preprocess: str = "unit"
     resize_mode: str = "stretch"
@@ -114,6 +117,7 @@ class Settings:
     max_upload_mb: int = 10
     max_image_pixels: int = 50_000_000
     max_inputs_per_request: int = 64
+    max_string_bytes: int = 1024
     default_top_k: int = 5
     max_batch_size: int = 16
     batch_timeout_ms: int = 0
@@ -192,6 +196,9 @@ class Settings:
             port=_int(env, "PORT", 8080, minimum=1),
             model_path=model_path,
             model_name=env.get("MODEL_NAME", "").strip() or stem,
+            model_version=_int(env, "MODEL_VERSION", 0),
+            model_settle_s=_int(env, "MODEL_SETTLE_S", 2),
+            model_poll_s=_int(env, "MODEL_POLL_S", 0),
             labels_path=labels_path,
             preprocess=_choice(env, "PREPROCESS", "unit", PREPROCESS_MODES),
             resize_mode=_choice(env, "RESIZE_MODE", "stretch", RESIZE_MODES),
@@ -201,6 +208,7 @@ class Settings:
             max_upload_mb=_int(env, "MAX_UPLOAD_MB", 10, minimum=1),
             max_image_pixels=_int(env, "MAX_IMAGE_PIXELS", 50_000_000, minimum=1),
             max_inputs_per_request=_int(env, "MAX_INPUTS_PER_REQUEST", 64, minimum=1),
+            max_string_bytes=_int(env, "MAX_STRING_BYTES", 1024, minimum=1),
             default_top_k=_int(env, "DEFAULT_TOP_K", 5, minimum=1),
             max_batch_size=max_batch,
             batch_timeout_ms=_int(env, "BATCH_TIMEOUT_MS", 0),

@@ -14,7 +14,7 @@ from app.errors import ApiError
 
 ALLOW_METHODS = "GET, POST, OPTIONS"
 ALLOW_HEADERS = "Authorization, Content-Type, X-Request-ID"
-EXPOSE_HEADERS = "X-Request-ID, X-Batch-Size, Retry-After"
+EXPOSE_HEADERS = "X-Request-ID, X-Batch-Size, X-Model-Version, Retry-After"
 MAX_AGE_S = 600
 
 

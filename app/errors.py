@@ -21,7 +21,7 @@ class ApiError(Exception):
         self.headers = headers or {}
 
 
-def _render(status: int, code: str, message: str, retry_after: int | None = None,
+def render_error(status: int, code: str, message: str, retry_after: int | None = None,
             headers: dict[str, str] | None = None):
     response = jsonify(error=message, code=code)
     response.status_code = status
@@ -44,11 +44,11 @@ _HTTP_CODES = {
 def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(ApiError)
     def _api_error(err: ApiError):
-        return _render(err.status, err.code, err.message, err.retry_after, err.headers)
+        return render_error(err.status, err.code, err.message, err.retry_after, err.headers)
 
     @app.errorhandler(BackendError)
     def _backend_error(err: BackendError):
-        return _render(err.status, err.code, str(err) or err.code, err.retry_after)
+        return render_error(err.status, err.code, str(err) or err.code, err.retry_after)
 
     @app.errorhandler(HTTPException)
     def _http_error(err: HTTPException):
@@ -57,7 +57,7 @@ def register_error_handlers(app: Flask) -> None:
             message = "request body too large"
         else:
             message = err.description or err.name
-        response = _render(status, _HTTP_CODES.get(status, "http_error"), message)
+        response = render_error(status, _HTTP_CODES.get(status, "http_error"), message)
         for name, value in err.get_headers():  # e.g. Allow on 405
             if name.lower() not in ("content-type", "content-length"):
                 response.headers[name] = value
@@ -66,4 +66,4 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(Exception)
     def _unexpected(err: Exception):
         app.logger.exception("unhandled error")
-        return _render(500, "internal_error", "internal server error (see the server log)")
+        return render_error(500, "internal_error", "internal server error (see the server log)")

@@ -14,6 +14,7 @@ import pwd
 import re
 import shutil
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -22,9 +23,20 @@ from pathlib import Path
 
 from app import tls
 from app.config import PROJECT_ROOT, ConfigError, Settings
+from app.inference import wire
 
 PAGE = 4096
 FATAL_MARKER = "supervisor-fatal"
+
+
+def ask_mule_to_reload(settings: Settings) -> None:
+    """Tell the mule to load the version MODEL_PATH names now (it switches once that is warm)."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as sock:
+            sock.connect(str(settings.mule_socket))
+            sock.send(bytes([wire.RELOAD]))
+    except OSError as exc:
+        print(f"kerasrv: could not ask the mule to reload the model: {exc}", file=sys.stderr, flush=True)
 
 
 def render_nginx(template: str, values: dict[str, str]) -> str:
@@ -178,9 +190,14 @@ def main() -> int:
 
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
         signal.signal(signum, forward)
-    # SIGHUP re-reads what can change without a restart (the TLS certificate); supervisord's own
-    # SIGHUP would restart every process
-    signal.signal(signal.SIGHUP, lambda _signum, _frame: tls.reload_nginx(settings.runtime_dir))
+    # SIGHUP re-reads what can change without a restart (the TLS certificate, the model version);
+    # supervisord's own SIGHUP would restart every process
+    def reread(_signum, _frame):
+        tls.reload_nginx(settings.runtime_dir)
+        if settings.inference_mode == "mule":
+            ask_mule_to_reload(settings)
+
+    signal.signal(signal.SIGHUP, reread)
     stop_watching = threading.Event()
     if settings.tls_cert_file is not None:
         threading.Thread(target=tls.watch_certificate, args=(settings, stop_watching), daemon=True).start()

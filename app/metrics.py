@@ -48,8 +48,10 @@ PADDED_ROWS = Counter("kerasrv_padded_rows", "Rows of padding added to reach a w
 SHED = Counter("kerasrv_requests_shed", "Request chunks the mule answered without running them, by reason.",
                ["model", "reason"])
 FAILED_ROWS = Counter("kerasrv_failed_rows", "Rows in batches whose model call raised.", ["model"])
+RELOADS = Counter("kerasrv_model_reloads", "Model versions loaded after the first, by result (a failed one leaves"
+                  " the current version serving).", ["model", "result"])
 SERIES = (REQUESTS, REQUEST_SECONDS, PROCESS_STARTS, QUEUE_SECONDS, BATCH_SECONDS, BATCH_ROWS, PADDED_ROWS, SHED,
-          FAILED_ROWS)
+          FAILED_ROWS, RELOADS)
 
 
 @dataclass(frozen=True)
@@ -63,12 +65,14 @@ class MuleMetrics:
     shed_deadline: Counter
     shed_overload: Counter
     failed_rows: Counter
+    reloads_ok: Counter
+    reloads_failed: Counter
 
     @classmethod
     def for_model(cls, model: str) -> MuleMetrics:
         return cls(QUEUE_SECONDS.labels(model), BATCH_SECONDS.labels(model), BATCH_ROWS.labels(model),
                    PADDED_ROWS.labels(model), SHED.labels(model, "deadline"), SHED.labels(model, "overload"),
-                   FAILED_ROWS.labels(model))
+                   FAILED_ROWS.labels(model), RELOADS.labels(model, "ok"), RELOADS.labels(model, "failed"))
 
 
 def instrument(app: Flask, model: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from app.inference.spec import ModelSpec
+from app.tensors import to_json
 
 
 def top_k(scores: np.ndarray, k: int, labels: tuple[str, ...] | None) -> list[list[dict]]:
@@ -23,7 +24,7 @@ def top_k(scores: np.ndarray, k: int, labels: tuple[str, ...] | None) -> list[li
 def raw_rows(outputs: list[np.ndarray], spec: ModelSpec) -> list:
     """One entry per input row: the output values, or {name: values} for multi-output models."""
     if len(outputs) == 1:
-        return outputs[0].tolist()
+        return to_json(outputs[0])
     names = [o.name for o in spec.outputs]
-    columns = [out.tolist() for out in outputs]
+    columns = [to_json(out) for out in outputs]
     return [dict(zip(names, values)) for values in zip(*columns)]

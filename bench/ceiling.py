@@ -110,7 +110,7 @@ class _Worker:
         for i in range(n):
             started = time.perf_counter()
             self._prepare(1, offset=i)
-            self.runner.run(self.rows[:1])
+            self.runner.run([self.rows[:1]])
             samples.append((time.perf_counter() - started) * 1000)
         return {"latency1_ms": statistics.median(samples), "samples_ms": [round(s, 3) for s in samples]}
 
@@ -124,7 +124,7 @@ class _Worker:
             t0 = time.perf_counter()
             self._prepare(batch, offset=batches)
             t1 = time.perf_counter()
-            self.runner.run(self.rows[:batch])
+            self.runner.run([self.rows[:batch]])
             t2 = time.perf_counter()
             prepare_ms.append((t1 - t0) * 1000)
             model_ms.append((t2 - t1) * 1000)

@@ -40,7 +40,7 @@ def main(model_path: Path, http_port: int, grpc_port: int, metrics_port: int) ->
     runner = load_runner(settings)
     spec = runner.spec
     height, width, channels = spec.input.shape
-    rows = runner.new_buffer()
+    (rows,) = runner.new_buffer()
 
     @batch
     def infer(image: np.ndarray) -> dict[str, np.ndarray]:
@@ -48,7 +48,7 @@ def main(model_path: Path, http_port: int, grpc_port: int, metrics_port: int) ->
             pixels = decode_image(bytes(data), (height, width), channels, settings.max_image_pixels,
                                   settings.resize_mode)
             normalize(pixels, spec.preprocess, spec.input.dtype, out=rows[i])
-        (scores,) = runner.run_padded(rows, len(image))
+        (scores,) = runner.run_padded([rows], len(image))
         return {"scores": scores}
 
     config = TritonConfig(http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,

@@ -3,7 +3,7 @@
 # Python venv with the pinned packages. Used by `make run`, `make test`, CI and the Dockerfile.
 #   scripts/install.sh          runtime only
 #   scripts/install.sh dev      plus tests, lint, training and benchmark tools, and from apt
-#                               iproute2 (ss), stress-ng, chromium, promtool and the shell linter
+#                               iproute2 (ss), stress-ng, wrk, chromium, promtool and the shell linter
 # Environment: VENV (default .venv), PYTHON (default python3), TF_PACKAGE (e.g. "tensorflow[and-cuda]==2.21.0"
 # for the GPU build instead of tensorflow-cpu).
 set -euo pipefail
@@ -24,6 +24,7 @@ if [ "$profile" = dev ]; then
     command -v ss >/dev/null 2>&1 || missing+=(iproute2)          # tests count requests waiting at the mule
     command -v shellcheck >/dev/null 2>&1 || missing+=(shellcheck)
     command -v stress-ng >/dev/null 2>&1 || missing+=(stress-ng)  # make test-stress
+    command -v wrk >/dev/null 2>&1 || missing+=(wrk)              # load for the throughput test and bench/
     [ -x /usr/bin/chromium ] || missing+=(chromium)                # the live view's browser test
 fi
 

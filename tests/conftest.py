@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.models import text_classifier, token_tagger, two_in_two_out
 from tools.local_server import LocalServer, world_readable_dir
 
 TESTS = Path(__file__).parent
@@ -54,6 +55,27 @@ def tabular_path(model_dir) -> Path:
     path = model_dir / "tabular.keras"
     model.save(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def two_input_model(model_dir):
+    """(path, model): two named inputs, two heads (tests/models.py)."""
+    path = model_dir / "two_in_two_out.keras"
+    return path, two_in_two_out(path)
+
+
+@pytest.fixture(scope="session")
+def text_model(model_dir):
+    """(path, model): strings in, through TextVectorization (tests/models.py)."""
+    path = model_dir / "reviews.keras"
+    return path, text_classifier(path)
+
+
+@pytest.fixture(scope="session")
+def tagger_model(model_dir):
+    """(path, model): token ids of any length in, 3 scores per token out (tests/models.py)."""
+    path = model_dir / "tagger.keras"
+    return path, token_tagger(path)
 
 
 @pytest.fixture

@@ -32,14 +32,14 @@ LABELS = tuple(f"class-{i}" for i in range(N_CLASSES))
 
 IMAGE_SPEC = ModelSpec(
     name="digits",
-    input=TensorSpec("pixels", (8, 8, 3), "float32"),
+    inputs=(TensorSpec("pixels", (8, 8, 3), "float32"),),
     outputs=(TensorSpec("probs", (N_CLASSES,), "float32"),),
     labels=LABELS,
     preprocess="unit",
 )
 TENSOR_SPEC = ModelSpec(
     name="tabular",
-    input=TensorSpec("features", (4,), "float32"),
+    inputs=(TensorSpec("features", (4,), "float32"),),
     outputs=(TensorSpec("stats", (2,), "float32"),),
 )
 
@@ -66,16 +66,17 @@ class FakeBackend:
         self.state = state
         self.error = error
         self.raises = raises
-        self.calls: list[tuple[np.ndarray, float]] = []
+        self.calls: list[tuple[list[np.ndarray], float]] = []
 
     def status(self, fresh: bool = False) -> Status:
         spec = self.spec if self.state == "ready" else None
         return Status(state=self.state, error=self.error, spec=spec, stats={"requests": len(self.calls)})
 
-    def predict(self, rows: np.ndarray, deadline: float) -> Prediction:
-        self.calls.append((rows.copy(), deadline))
+    def predict(self, inputs: list[np.ndarray], deadline: float) -> Prediction:
+        self.calls.append(([a.copy() for a in inputs], deadline))
         if self.raises is not None:
             raise self.raises
+        (rows,) = inputs
         assert rows.shape[1:] == self.spec.input.shape
         assert rows.dtype == np.dtype(self.spec.input.dtype)
         if self.spec.is_image:
@@ -87,7 +88,7 @@ class FakeBackend:
 
 TOY_SPEC = ModelSpec(
     name="toy",
-    input=TensorSpec("input", (4,), "float32"),
+    inputs=(TensorSpec("input", (4,), "float32"),),
     outputs=(TensorSpec("sum", (1,), "float32"), TensorSpec("double", (4,), "float32")),
 )
 
@@ -106,7 +107,8 @@ class ToyModel:
         if not held:
             self._gate.set()
 
-    def __call__(self, batch: np.ndarray) -> list[np.ndarray]:
+    def __call__(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        (batch,) = inputs
         self.calls.append(len(batch))
         self.entered.set()
         if not self._gate.wait(WAIT_S):
@@ -133,7 +135,7 @@ class MuleHarness:
         self.shm = mmap.mmap(-1, settings.n_slots * settings.slot_bytes)
         self.server = MuleServer(settings, self.shm, load)
         self.server.listen()
-        threading.Thread(target=self.server._load_model, daemon=True).start()
+        self.server.reload("start")
         self.thread = threading.Thread(target=self._loop, daemon=True)
         self.thread.start()
 
@@ -189,8 +191,6 @@ def self_signed_cert(folder: Path, name: str = "server") -> tuple[Path, Path]:
                    check=True, capture_output=True, timeout=60)
     key.chmod(0o644)
     return cert, key
-
-
 
 
 def png_bytes(array: np.ndarray) -> bytes:

@@ -84,20 +84,24 @@ def descendants(root: int) -> list[int]:
     return found
 
 
-def unix_sockets(pid: int) -> list[tuple[str, int]]:
-    """(state, bytes not yet read) of each Unix socket `pid` holds, from `ss` (iproute2).
+def mule_connections(mule: int, path: Path) -> list[int]:
+    """Bytes not yet read on each of the mule's connections from worker threads, from `ss` (iproute2).
 
-    For the mule, each ESTAB socket is one worker thread's connection, and one with unread bytes
-    holds a request waiting for it: with the mule stopped (SIGSTOP), a test can wait until exactly
-    the requests it sent have reached the mule."""
+    Only SEQPACKET sockets accepted on the mule's own socket `path` count: the mule also holds
+    sockets it inherited from the uWSGI master (its signal socketpairs), which may hold data too.
+    With the mule stopped (SIGSTOP), one with unread bytes is one request waiting for it."""
     listing = subprocess.run(["ss", "-x", "-a", "-p", "-H"], capture_output=True, text=True, check=True).stdout
-    owner = f"pid={pid},"
-    return [(fields[1], int(fields[2])) for fields in map(str.split, listing.splitlines()) if owner in fields[-1]]
+    owner = f"pid={mule},"
+    return [int(fields[2]) for fields in map(str.split, listing.splitlines())
+            if fields[0] == "u_seq" and fields[1] == "ESTAB" and fields[4] == str(path) and owner in fields[-1]]
 
 
-def requests_waiting(mule: int) -> int:
-    """Worker requests waiting, unread, in the mule's sockets (one connection per worker thread)."""
-    return sum(unread > 0 for state, unread in unix_sockets(mule) if state == "ESTAB")
+def _wchan(pid: int) -> str:
+    """Where the main thread of `pid` sleeps in the kernel (do_epoll_wait: in epoll_wait)."""
+    try:
+        return Path(f"/proc/{pid}/task/{pid}/wchan").read_text()
+    except OSError:
+        return ""
 
 
 def health(url: str, verify: str | bool = True) -> dict | None:
@@ -176,20 +180,31 @@ class LocalServer:
         def all_connected() -> bool:
             with ThreadPoolExecutor(threads) as pool:
                 list(pool.map(lambda _: health(self.url, self.verify), range(2 * threads)))
-            return sum(state == "ESTAB" for state, _ in unix_sockets(mule)) >= threads
+            return len(mule_connections(mule, self.mule_socket)) >= threads
 
         wait_for(all_connected, 120, f"all {threads} worker threads connected to the mule", interval=0)
 
     @contextmanager
     def mule_stopped(self) -> Iterator[int]:
         """The mule SIGSTOPped for the duration (its PID is yielded): requests pile up in its
-        sockets, where requests_waiting() counts them, until it goes on."""
-        mule = self.mule_pid()
+        connections, where requests_waiting() counts them, until it goes on."""
+        mule = self.mule_pid()  # a STATUS round trip: the mule may still be reading that connection
+        # Stop it only once it waits in epoll_wait: stopped mid-read, it would go on to read that
+        # connection alone on SIGCONT, before seeing the others, and batch its request alone.
+        wait_for(lambda: _wchan(mule) == "do_epoll_wait", 30, "the mule idle in epoll_wait", interval=0.01)
         os.kill(mule, signal.SIGSTOP)
         try:
             yield mule
         finally:
             os.kill(mule, signal.SIGCONT)
+
+    @property
+    def mule_socket(self) -> Path:
+        return self.runtime / "run" / "mule.sock"
+
+    def requests_waiting(self, mule: int) -> int:
+        """Worker requests waiting, unread, at the (stopped) mule."""
+        return sum(unread > 0 for unread in mule_connections(mule, self.mule_socket))
 
     def worker_pids(self) -> list[int]:
         master = int((self.runtime / "run" / "uwsgi.pid").read_text())

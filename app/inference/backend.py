@@ -9,9 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
-import numpy as np
-
-from app.inference.spec import ModelSpec
+from app.inference.spec import Batch, ModelSpec
 
 
 class BackendError(Exception):
@@ -42,6 +40,14 @@ class DeadlineExceeded(BackendError):
     retry_after = None
 
 
+class TooLarge(BackendError):
+    """One row of the request is larger than the room shared memory has for it (SLOT_MB)."""
+
+    status = 413
+    code = "input_too_large"
+    retry_after = None
+
+
 class InferenceFailed(BackendError):
     """The model itself raised on this input (e.g. values it cannot take)."""
 
@@ -54,8 +60,9 @@ class InferenceFailed(BackendError):
 class Prediction:
     """Outputs for the rows of one request (one array per model output) and how they were run."""
 
-    outputs: list[np.ndarray]
+    outputs: Batch
     batch_size: int = 1
+    version: int = 1  # the model version that computed them
     info: dict = field(default_factory=dict)
 
 
@@ -89,7 +96,7 @@ class Backend(Protocol):
         up-to-date statistics even when a cached answer would do."""
         ...
 
-    def predict(self, rows: np.ndarray, deadline: float) -> Prediction:
-        """Run the model on `rows` (shaped like spec.input, plus a batch dimension) before
+    def predict(self, inputs: Batch, deadline: float) -> Prediction:
+        """Run the model on `inputs` (one array per spec.inputs, each with the same rows) before
         `deadline` (time.monotonic() seconds), or raise a BackendError."""
         ...

@@ -43,6 +43,12 @@ class Pending:
     rows: int
     deadline: float
     arrival: float
+    shape: tuple[int, ...] = ()  # sizes of its variable dimensions: only equal shapes share a batch
+    version: int = 1  # the model version its rows were written for: versions never share a batch
+
+    @property
+    def key(self) -> tuple[int, tuple[int, ...]]:
+        return self.version, self.shape
 
 
 @dataclass
@@ -77,7 +83,9 @@ class BatchPolicy:
         return gone
 
     def decide(self, now: float) -> Decision:
-        """Take the next batch (FIFO, whole requests, up to max_batch rows) if it should run now."""
+        """Take the next batch if it should run now: the oldest request and those queued after it
+        with the same shape (FIFO, whole requests, up to max_batch rows). Requests of another
+        shape wait for a later batch, and their presence makes this one run at once."""
         decision = Decision()
         decision.expired = [p for p in self.queue if p.deadline <= now]
         if decision.expired:
@@ -85,21 +93,22 @@ class BatchPolicy:
             self.queued_rows -= sum(p.rows for p in decision.expired)
         if not self.queue:
             return decision
-        rows, count = 0, 0
+        key = self.queue[0].key
+        rows, batch = 0, []
         for pending in self.queue:
-            if count and rows + pending.rows > self.max_batch:
+            if pending.key != key:
+                continue
+            if batch and rows + pending.rows > self.max_batch:
                 break  # (an oversized first request still runs alone rather than stall the queue)
             rows += pending.rows
-            count += 1
+            batch.append(pending)
         oldest = self.queue[0].arrival
-        full = rows >= self.max_batch or count < len(self.queue)
+        full = rows >= self.max_batch or len(batch) < len(self.queue)
         if full or self.timeout_s <= 0 or now - oldest >= self.timeout_s:
-            decision.batch = [self._pop() for _ in range(count)]
+            taken = {id(p) for p in batch}
+            self.queue = deque(p for p in self.queue if id(p) not in taken)
+            self.queued_rows -= rows
+            decision.batch = batch
         else:
             decision.wait = oldest + self.timeout_s - now
         return decision
-
-    def _pop(self) -> Pending:
-        pending = self.queue.popleft()
-        self.queued_rows -= pending.rows
-        return pending

@@ -11,8 +11,6 @@ import logging
 import threading
 import time
 
-import numpy as np
-
 from app.config import Settings
 from app.inference.backend import (
     DeadlineExceeded,
@@ -22,6 +20,7 @@ from app.inference.backend import (
     Status,
     not_ready_reason,
 )
+from app.inference.spec import Batch
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +53,7 @@ class LocalBackend:
             return Status("ready", spec=self._runner.spec, stats={"requests": self._requests})
         return Status("failed", error=self._error)
 
-    def predict(self, rows: np.ndarray, deadline: float) -> Prediction:
+    def predict(self, inputs: Batch, deadline: float) -> Prediction:
         runner = self._runner
         if runner is None:
             raise NotReady(not_ready_reason(self._error))
@@ -62,9 +61,9 @@ class LocalBackend:
             if time.monotonic() > deadline:
                 raise DeadlineExceeded("the request waited too long for the model")
             try:
-                outputs = runner.run(rows)
+                outputs = runner.run(inputs)
             except Exception as exc:
                 log.exception("model call failed")
                 raise InferenceFailed(f"the model failed on this input: {type(exc).__name__}") from None
             self._requests += 1
-        return Prediction(outputs=outputs, batch_size=len(rows))
+        return Prediction(outputs=outputs, batch_size=len(inputs[0]), version=runner.spec.version)

@@ -15,9 +15,12 @@ from pathlib import Path
 import numpy as np
 
 from app.config import Settings
-from app.inference.spec import ModelSpec, TensorSpec
+from app.inference import versions
+from app.inference.spec import BYTES, VARIABLE, Batch, ModelSpec, TensorSpec
 
 log = logging.getLogger(__name__)
+
+PROBE_SIZE = 32  # the size a variable dimension gets in the load-time probe and the warm-up
 
 
 class ModelLoadError(Exception):
@@ -39,7 +42,7 @@ def read_labels(path: Path | None) -> tuple[str, ...] | None:
 class ModelRunner:
     """Calls the model on batches padded up to fixed bucket sizes, so no new shape is ever traced."""
 
-    def __init__(self, spec: ModelSpec, call: Callable[[np.ndarray], list[np.ndarray]], buckets: tuple[int, ...]):
+    def __init__(self, spec: ModelSpec, call: Callable[[Batch], Batch], buckets: tuple[int, ...]):
         self.spec = spec
         self._call = call
         self.buckets = buckets
@@ -51,23 +54,29 @@ class ModelRunner:
     def bucket_for(self, rows: int) -> int:
         return next(size for size in self.buckets if size >= rows)
 
-    def new_buffer(self) -> np.ndarray:
-        """An input array for the largest batch; fill its first rows, then `run_padded`. One per
-        batch in flight, reused from batch to batch."""
-        return np.zeros((self.max_batch, *self.spec.input.shape), dtype=self.spec.input.dtype)
+    def new_buffer(self, shapes: list[tuple[int, ...]] | None = None) -> Batch:
+        """Input arrays for the largest batch; fill their first rows, then `run_padded`. One per
+        batch in flight, reused from batch to batch; for a model with variable dimensions, one
+        per batch of the given row shapes (PROBE_SIZE for each variable dimension by default)."""
+        shapes = shapes or [tuple(PROBE_SIZE if d == VARIABLE else d for d in t.shape) for t in self.spec.inputs]
+        return [tensor.empty(self.max_batch, shape) for tensor, shape in zip(self.spec.inputs, shapes)]
 
-    def run_padded(self, buffer: np.ndarray, rows: int) -> list[np.ndarray]:
+    def run_padded(self, buffer: Batch, rows: int) -> Batch:
         """Run the model on the first `rows` rows of `buffer`, padded up to a bucket size."""
-        outputs = self._call(buffer[: self.bucket_for(rows)])
+        size = self.bucket_for(rows)
+        outputs = self._call([array[:size] for array in buffer])
         return [out[:rows] for out in outputs]
 
-    def run(self, batch: np.ndarray) -> list[np.ndarray]:
+    def run(self, batch: Batch) -> Batch:
         """Run any number of rows, in chunks of at most the largest bucket (not thread-safe)."""
-        results: list[list[np.ndarray]] = []
-        for start in range(0, len(batch), self.max_batch):
-            chunk = batch[start : start + self.max_batch]
-            self._buffer[: len(chunk)] = chunk
-            results.append(self.run_padded(self._buffer, len(chunk)))
+        results: list[Batch] = []
+        total = len(batch[0])
+        buffer = self.new_buffer([a.shape[1:] for a in batch]) if self.spec.is_variable else self._buffer
+        for start in range(0, total, self.max_batch):
+            count = min(self.max_batch, total - start)
+            for target, source in zip(buffer, batch):
+                target[:count] = source[start : start + count]
+            results.append(self.run_padded(buffer, count))
         return [np.concatenate(parts) for parts in zip(*results)]
 
     def warmup(self, repeats: int) -> dict[int, float]:
@@ -75,48 +84,52 @@ class ModelRunner:
         `repeats` more times and keep the median: the batch cost T(n) that the mule's batch limit
         is chosen from. The timed passes are interleaved, so a slow spell on a shared machine
         falls on every size alike rather than on one."""
-        started = time.perf_counter()
+        began = time.perf_counter()
         for size in self.buckets:
-            self._call(self._buffer[:size])
+            self._call([array[:size] for array in self._buffer])
         samples: dict[int, list[float]] = {size: [] for size in self.buckets}
         for _ in range(repeats):
             for size in self.buckets:
                 started = time.perf_counter()
-                self._call(self._buffer[:size])
+                self._call([array[:size] for array in self._buffer])
                 samples[size].append((time.perf_counter() - started) * 1000)
         if repeats:
             self.batch_costs_ms = {size: statistics.median(times) for size, times in samples.items()}
-        self.warmup_seconds = time.perf_counter() - started
+        self.warmup_seconds = time.perf_counter() - began
         return self.batch_costs_ms
 
 
 def load_runner(settings: Settings) -> ModelRunner:
     """Load MODEL_PATH (.keras, .h5 or a SavedModel directory), describe it, and warm it up."""
-    path = settings.model_path
-    if not path.exists():
-        raise ModelLoadError(f"MODEL_PATH {path} does not exist")
+    if not settings.model_path.exists():
+        raise ModelLoadError(f"MODEL_PATH {settings.model_path} does not exist")
+    try:
+        version = versions.choose(settings.model_path, settings.model_version, settings.model_settle_s)
+    except FileNotFoundError as exc:
+        raise ModelLoadError(str(exc)) from None
+    path = version.path
     started = time.perf_counter()
     import tensorflow as tf  # noqa: PLC0415 - deliberately late: never in the uWSGI master
 
     try:
         if path.is_dir():
-            call, input_spec, output_names = _load_saved_model(tf, path)
+            call, inputs, output_names, output_shapes = _load_saved_model(tf, path)
         else:
-            call, input_spec, output_names = _load_keras(tf, path)
+            call, inputs, output_names, output_shapes = _load_keras(tf, path)
     except ModelLoadError:
         raise
     except Exception as exc:  # Keras raises many types for a bad file; all mean the same here.
         raise ModelLoadError(f"cannot load model {path}: {type(exc).__name__}: {exc}") from None
 
-    probe = call(np.zeros((1, *input_spec.shape), dtype=input_spec.dtype))
+    probe = call([t.empty(1, tuple(PROBE_SIZE if d == VARIABLE else d for d in t.shape)) for t in inputs])
     outputs = tuple(
-        TensorSpec(name=name, shape=tuple(int(d) for d in out.shape[1:]), dtype=str(out.dtype))
-        for name, out in zip(output_names, probe)
+        TensorSpec(name=name, shape=_output_shape(out.shape[1:], declared), dtype=_dtype_name(out.dtype))
+        for name, out, declared in zip(output_names, probe, output_shapes)
     )
     labels = read_labels(settings.labels_path)
     spec = ModelSpec(
-        name=settings.model_name, input=input_spec, outputs=outputs, labels=labels,
-        preprocess=settings.preprocess,
+        name=settings.model_name, inputs=inputs, outputs=outputs, labels=labels, preprocess=settings.preprocess,
+        version=version.number,
     )
     if labels is not None and spec.is_classifier and len(labels) != outputs[0].shape[0]:
         raise ModelLoadError(
@@ -125,40 +138,76 @@ def load_runner(settings: Settings) -> ModelRunner:
         )
     runner = ModelRunner(spec, call, settings.batch_buckets)
     # only the mule's batch limit uses the costs; a worker-mode worker only needs warm shapes
-    runner.warmup(repeats=3 if settings.inference_mode == "mule" and settings.batch_autotune else 0)
+    # (with variable dimensions the cost depends on each batch's sizes: no single limit to choose)
+    timed = settings.inference_mode == "mule" and settings.batch_autotune and not spec.is_variable
+    runner.warmup(repeats=3 if timed else 0)
     log.info(
-        "model %s loaded from %s in %.1fs: input %s %s, outputs %s; ms per call by batch size %s",
-        spec.name, path, time.perf_counter() - started, input_spec.shape, input_spec.dtype,
-        [o.shape for o in outputs], {k: round(v, 1) for k, v in runner.batch_costs_ms.items()} or "not timed",
+        "model %s version %d loaded from %s in %.1fs: inputs %s, outputs %s; ms per call by batch size %s",
+        spec.name, spec.version, path, time.perf_counter() - started, _describe(inputs), _describe(outputs),
+        {k: round(v, 1) for k, v in runner.batch_costs_ms.items()} or "not timed",
     )
     return runner
 
 
-def _checked_input(shape, dtype) -> TensorSpec:
+def _describe(tensors: tuple[TensorSpec, ...]) -> str:
+    return ", ".join(f"{t.name} {list(t.shape)} {t.dtype}" for t in tensors)
+
+
+def _dtype_name(dtype) -> str:
+    """numpy's name for a dtype, with TensorFlow's strings (numpy objects) as BYTES."""
+    name = np.dtype(dtype).name
+    return BYTES if name in ("object", "str", "bytes") or name.startswith(("str", "bytes")) else name
+
+
+def _input_spec(name: str, shape, dtype) -> TensorSpec:
+    """None dimensions become VARIABLE: each request chooses them, and rows share a batch only
+    with rows of the same sizes."""
     dims = tuple(shape)[1:]
-    if any(d is None for d in dims):
-        raise ModelLoadError(
-            f"the model input has unknown dimensions {tuple(shape)}; the server needs a fixed"
-            " input size (re-save the model with a fixed Input shape)"
-        )
-    return TensorSpec(name="input", shape=tuple(int(d) for d in dims), dtype=np.dtype(dtype).name)
+    return TensorSpec(name=name, shape=tuple(VARIABLE if d is None else int(d) for d in dims), dtype=dtype)
+
+
+def _output_shape(probed: tuple[int, ...], declared) -> tuple[int, ...]:
+    """The probe's sizes, VARIABLE where the model declares the dimension unknown."""
+    if declared is None or len(tuple(declared)) != len(probed) + 1:
+        return tuple(int(d) for d in probed)
+    return tuple(VARIABLE if d is None else int(p) for d, p in zip(tuple(declared)[1:], probed))
+
+
+def _keras_dtype(dtype) -> str:
+    return BYTES if str(dtype) in ("string", "<dtype: 'string'>") else np.dtype(str(dtype)).name
 
 
 def _load_keras(tf, path: Path):
     import keras  # noqa: PLC0415
 
     model = keras.models.load_model(path, compile=False)
-    if len(model.inputs) != 1:
-        raise ModelLoadError(f"the model has {len(model.inputs)} inputs; kerasrv serves single-input models")
-    input_spec = _checked_input(model.inputs[0].shape, model.inputs[0].dtype)
-    names = list(getattr(model, "output_names", None) or [f"output_{i}" for i in range(len(model.outputs))])
+    inputs = tuple(_input_spec(t.name, t.shape, _keras_dtype(t.dtype)) for t in model.inputs)
+    names = _output_names(model)
+    signature = [tf.TensorSpec((None, *(None if d == VARIABLE else d for d in t.shape)),
+                               tf.string if t.is_bytes else t.dtype) for t in inputs]
 
-    @tf.function(input_signature=[tf.TensorSpec((None, *input_spec.shape), input_spec.dtype)])
-    def infer(x):
-        out = model(x, training=False)
+    @tf.function(input_signature=signature)
+    def infer(*tensors):
+        # by name, so a model built from a dict of inputs gets each one where it belongs
+        args = dict(zip((t.name for t in inputs), tensors)) if len(tensors) > 1 else tensors[0]
+        out = model(args, training=False)
+        if isinstance(out, dict):
+            return [out[name] for name in names]
         return list(out) if isinstance(out, (list, tuple)) else [out]
 
-    return (lambda batch: [t.numpy() for t in infer(batch)]), input_spec, names
+    shapes = [getattr(t, "shape", None) for t in model.outputs]
+    return (lambda batch: [t.numpy() for t in infer(*batch)]), inputs, names, shapes
+
+
+def _output_names(model) -> list[str]:
+    """A functional model's output names; a Sequential one's are its last layer's name."""
+    names = list(getattr(model, "output_names", None) or [])
+    if not names:
+        history = [getattr(t, "_keras_history", None) for t in model.outputs]
+        names = [h.operation.name if h is not None else "" for h in history]
+    if len(set(names)) != len(names) or not all(names):
+        names = [f"output_{i}" for i in range(len(model.outputs))]
+    return names
 
 
 def _load_saved_model(tf, path: Path):
@@ -166,15 +215,16 @@ def _load_saved_model(tf, path: Path):
     signature = loaded.signatures.get("serving_default")
     if signature is None:
         raise ModelLoadError(f"SavedModel {path} has no 'serving_default' signature")
-    inputs = signature.structured_input_signature[1]
-    if len(inputs) != 1:
-        raise ModelLoadError(f"the SavedModel signature has {len(inputs)} inputs; kerasrv serves single-input models")
-    (input_name, tensor_spec), = inputs.items()
-    input_spec = _checked_input(tensor_spec.shape, tensor_spec.dtype.as_numpy_dtype)
+    specs = signature.structured_input_signature[1]
+    inputs = tuple(
+        _input_spec(name, spec.shape, BYTES if spec.dtype == tf.string else spec.dtype.as_numpy_dtype().dtype.name)
+        for name, spec in sorted(specs.items())
+    )
     names = sorted(signature.structured_outputs)
+    shapes = [signature.structured_outputs[name].shape for name in names]
 
-    def call(batch: np.ndarray) -> list[np.ndarray]:
-        out = signature(**{input_name: tf.constant(batch)})
+    def call(batch: list[np.ndarray]) -> list[np.ndarray]:
+        out = signature(**{t.name: tf.constant(array) for t, array in zip(inputs, batch)})
         return [out[name].numpy() for name in names]
 
-    return call, input_spec, names
+    return call, inputs, names, shapes

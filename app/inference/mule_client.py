@@ -24,9 +24,10 @@ from app.inference.backend import (
     Overloaded,
     Prediction,
     Status,
+    TooLarge,
     Unavailable,
 )
-from app.inference.spec import ModelSpec
+from app.inference.spec import Batch, ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,7 @@ class _Channel:
         self.status = Status("loading")
         self.spec: ModelSpec | None = None
         self.layout: wire.SlotLayout | None = None
+        self.stale = False  # the mule serves another version now: ask STATUS before the next request
 
     def close(self) -> None:
         if self.sock is not None:
@@ -87,7 +89,7 @@ class MuleClient:
         channel = self._channel()
         if channel.sock is not None and _hung_up(channel.sock):
             channel.close()
-        if fresh or channel.spec is None:
+        if fresh or channel.spec is None or channel.stale:
             try:
                 self._refresh(channel)
             except OSError as exc:
@@ -114,34 +116,51 @@ class MuleClient:
                 break  # replies to earlier, abandoned requests are skipped
         answer = wire.MuleStatus.unpack(message)
         channel.status = Status(answer.state, answer.error, answer.spec, dataclasses.asdict(answer.stats))
-        channel.spec, channel.layout = answer.spec, answer.layout
+        channel.spec, channel.layout, channel.stale = answer.spec, answer.layout, False
 
     # --- inference ------------------------------------------------------------------------
 
-    def predict(self, rows: np.ndarray, deadline: float) -> Prediction:
+    def predict(self, inputs: Batch, deadline: float) -> Prediction:
         channel = self._channel()
         if channel.spec is None:  # the route's readiness check has usually refreshed it already
             status = self.status()
             if not status.ready:
                 raise NotReady(status.reason)
-        outputs: list[list[np.ndarray]] = []
-        batch_sizes = []
-        step = channel.layout.rows
-        for start in range(0, len(rows), step):
-            chunk = rows[start : start + step]
-            outs, batch_size = self._infer(channel, chunk, deadline)
+        outputs: list[Batch] = []
+        batch_sizes, version = [], 0
+        spec, total = channel.spec, len(inputs[0])
+        step = channel.layout.rows_for(spec, [a.shape[1:] for a in inputs]) if spec.is_variable else channel.layout.rows
+        if step == 0:
+            raise TooLarge(f"one row of these sizes does not fit a slot of SLOT_MB={self._settings.slot_mb}")
+        for start in range(0, total, step):
+            chunk = [array[start : start + step] for array in inputs]
+            outs, batch_size, version = self._infer_current(channel, chunk, deadline)
             outputs.append(outs)
             batch_sizes.append(batch_size)
         merged = [np.concatenate(parts) if len(parts) > 1 else parts[0] for parts in zip(*outputs)]
-        return Prediction(outputs=merged, batch_size=max(batch_sizes))
+        return Prediction(outputs=merged, batch_size=max(batch_sizes), version=version)
 
-    def _infer(self, channel: _Channel, chunk: np.ndarray, deadline: float) -> tuple[list[np.ndarray], int]:
-        spec, layout = channel.spec, channel.layout
-        layout.input_view(self._shm, channel.slot, spec, len(chunk))[...] = chunk
+    def _infer_current(self, channel: _Channel, chunk: Batch, deadline: float) -> tuple[Batch, int, int]:
+        """_infer, again after a reload retired the version the rows were written for: the same
+        rows suit the new version when its inputs are the same (else the client retries)."""
+        spec = channel.spec
+        try:
+            return self._infer(channel, chunk, deadline)
+        except _Stale:
+            self._refresh(channel)
+        if channel.spec is None or channel.spec.inputs != spec.inputs:
+            raise NotReady("the model was reloaded with other inputs; send the request again")
+        return self._infer(channel, chunk, deadline)
+
+    def _infer(self, channel: _Channel, chunk: Batch, deadline: float) -> tuple[Batch, int, int]:
+        """Outputs, the batch size and the version that computed them."""
+        spec, layout, rows = channel.spec, channel.layout, len(chunk[0])
+        layout.write_inputs(self._shm, channel.slot, spec, chunk)
         channel.seq = (channel.seq + 1) & 0xFFFFFFFF
         seq = channel.seq
+        dims = spec.variable_dims(spec.inputs, chunk)
         try:
-            channel.sock.send(wire.pack_infer(channel.slot, seq, len(chunk), deadline))
+            channel.sock.send(wire.pack_infer(channel.slot, seq, rows, deadline, version=spec.version, dims=dims))
             while True:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -152,8 +171,8 @@ class MuleClient:
                     raise ConnectionResetError("the mule closed the connection")
                 if message[0] != wire.REPLY:
                     continue
-                got_seq, code, batch_size, _, text = wire.unpack_reply(message)
-                if got_seq == seq:
+                reply = wire.Reply.unpack(message)
+                if reply.seq == seq:
                     break  # an older seq is the late answer to a request that already timed out
         except TimeoutError:
             raise DeadlineExceeded("no answer from the model within REQUEST_TIMEOUT_MS") from None
@@ -162,17 +181,25 @@ class MuleClient:
             channel.close()
             log.warning("lost the mule mid-request: %s", exc)
             raise Unavailable("the model process restarted; retry shortly") from None
-        if code == wire.OK:
-            views = layout.output_views(self._shm, channel.slot, spec, len(chunk))
-            return [view.copy() for view in views], batch_size
-        if code == wire.EXPIRED:
+        text = reply.message
+        if reply.current and reply.current != spec.version:
+            channel.stale = True  # a reload happened: learn the new version before the next request
+        if reply.code == wire.STALE:
+            raise _Stale
+        if reply.code == wire.OK:
+            return layout.read_outputs(self._shm, channel.slot, spec, rows, reply.dims), reply.batch_size, spec.version
+        if reply.code == wire.EXPIRED:
             raise DeadlineExceeded(text or "deadline passed while queued")
-        if code == wire.OVERLOADED:
+        if reply.code == wire.OVERLOADED:
             raise Overloaded(text or "too many queued requests")
-        if code == wire.NOT_READY:
+        if reply.code == wire.NOT_READY:
             channel.close()
             raise NotReady(text or "the model is not ready")
         raise InferenceFailed(text or "the model failed on this input")
+
+
+class _Stale(Exception):
+    """The mule no longer has the version these rows were written for."""
 
 
 def _hung_up(sock: socket.socket) -> bool:

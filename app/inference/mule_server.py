@@ -21,13 +21,12 @@ from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
-import numpy as np
-
 from app.config import Settings
-from app.inference import wire
+from app.inference import versions, wire
 from app.inference.backend import not_ready_reason
 from app.inference.batching import BatchPolicy, Pending, efficient_batch, per_row_ms
 from app.inference.model_runner import ModelLoadError, ModelRunner
+from app.inference.spec import VARIABLE, Batch
 from app.metrics import PROCESS_STARTS, MuleMetrics
 
 log = logging.getLogger(__name__)
@@ -63,7 +62,7 @@ class MuleServer:
         # batches in flight: a free input buffer per model thread; finished batches come back
         # through `_completed`, and a byte on the wake pipe interrupts the loop's select()
         self._executor = ThreadPoolExecutor(settings.model_concurrency, thread_name_prefix="model")
-        self._free_buffers: list[np.ndarray] = []
+        self._free_buffers: list[Batch] = []
         self._completed: queue.SimpleQueue = queue.SimpleQueue()
         self.rows_in_flight = 0
         self._wake_read, self._wake_write = os.pipe()
@@ -73,31 +72,122 @@ class MuleServer:
         self._latest: dict[int, Pending] = {}
         self.metrics = MuleMetrics.for_model(settings.model_name)
         self.load_seconds = 0.0
+        # every version still needed: the current one, and older ones until their queued and
+        # running requests are answered; loads run on a thread and are installed by the loop
+        self.models: dict[int, tuple[ModelRunner, wire.SlotLayout]] = {}
+        self._running: Counter[int] = Counter()  # batches in the model, by version
+        self._installs: queue.SimpleQueue = queue.SimpleQueue()
+        self._loading = threading.Lock()
+        self._failed_version: int | None = None  # the poll does not retry a version that failed
+        self.reloads = 0
+        self.reload_error: str | None = None
 
     # --- start-up -------------------------------------------------------------------------
 
+    def reload(self, reason: str) -> bool:
+        """Load the version to serve now beside the current one, on a thread; False if a load is
+        already under way. The loop switches between two batches once it is warm."""
+        if not self._loading.acquire(blocking=False):
+            return False
+        log.info("loading the model (%s)", reason)
+        threading.Thread(target=self._load_model, name="model-loader", daemon=True).start()
+        return True
+
     def _load_model(self) -> None:
-        started = time.monotonic()
+        """On the loader thread: load, warm and plan the slot layout; the loop installs it."""
         try:
-            runner = self._load(self.settings)
-            layout = wire.SlotLayout.plan(runner.spec, self.settings.slot_bytes, self.settings.max_batch_size)
-            if layout.rows == 0:
-                raise ModelLoadError(
-                    f"one input row needs {runner.spec.input.row_bytes} bytes plus its outputs;"
-                    f" SLOT_MB={self.settings.slot_mb} is too small"
-                )
-            self._free_buffers = [runner.new_buffer() for _ in range(self.settings.model_concurrency)]
-            self.policy.max_batch = self._batch_limit(runner)
-            self.load_seconds = time.monotonic() - started
-            self.layout, self.runner = layout, runner
-            log.info("mule ready: model %s, batches of up to %d rows, %d rows per slot, %d slots",
-                     runner.spec.name, self.policy.max_batch, layout.rows, self.settings.n_slots)
+            self._installs.put(self._load_and_plan())
         except ModelLoadError as exc:
-            self.error = str(exc)
-        except Exception as exc:  # any failure means the same: not ready, and say why
-            self.error = f"{type(exc).__name__}: {exc}"
-        if self.error:
-            log.error("model failed to load, the server stays not ready: %s", self.error)
+            self._installs.put(str(exc))
+        except Exception as exc:  # any failure means the same: not installed, and say why
+            self._installs.put(f"{type(exc).__name__}: {exc}")
+        finally:
+            self._loading.release()
+            os.write(self._wake_write, b"!")
+
+    def _load_and_plan(self) -> tuple[ModelRunner, wire.SlotLayout, float]:
+        started = time.monotonic()
+        runner = self._load(self.settings)
+        layout = wire.SlotLayout.plan(
+            runner.spec, self.settings.slot_bytes, self.settings.max_batch_size, self.settings.max_string_bytes
+        )
+        if layout.rows == 0:
+            tensors = (*runner.spec.inputs, *runner.spec.outputs)
+            row = sum(t.row_bytes(self.settings.max_string_bytes) for t in tensors)
+            raise ModelLoadError(
+                f"one row of inputs and outputs needs {row} bytes; SLOT_MB={self.settings.slot_mb} is too small"
+            )
+        return runner, layout, time.monotonic() - started
+
+    def _install_loaded(self) -> None:
+        """On the loop, between batches: serve what a load produced, or say why it failed."""
+        while True:
+            try:
+                loaded = self._installs.get_nowait()
+            except queue.Empty:
+                return
+            if isinstance(loaded, str):
+                self._load_failed(loaded)
+                continue
+            runner, layout, seconds = loaded
+            version = runner.spec.version
+            if self.runner is not None and version == self.runner.spec.version:
+                log.info("version %d is already served; nothing to switch", version)
+                continue
+            first = self.runner is None
+            if not first and (runner.spec.inputs, runner.spec.outputs) != (self.runner.spec.inputs,
+                                                                           self.runner.spec.outputs):
+                log.warning("version %d has another signature than version %d: inputs %s, outputs %s",
+                            version, self.runner.spec.version, [(t.name, t.shape, t.dtype) for t in runner.spec.inputs],
+                            [(t.name, t.shape, t.dtype) for t in runner.spec.outputs])
+            self.models[version] = (runner, layout)
+            self.runner, self.layout, self.load_seconds = runner, layout, seconds
+            # one buffer per idle model thread, shaped for this version (busy threads get theirs back later)
+            idle = self.settings.model_concurrency if first else len(self._free_buffers)
+            self._free_buffers = [runner.new_buffer() for _ in range(idle)]
+            self.policy.max_batch = self._batch_limit(runner)
+            self.error, self.reload_error, self._failed_version = None, None, None
+            if not first:
+                self.reloads += 1
+                self.metrics.reloads_ok.inc()
+            log.info("mule serving model %s version %d: batches of up to %d rows, %d rows per slot, %d slots",
+                     runner.spec.name, version, self.policy.max_batch, layout.rows, self.settings.n_slots)
+            self._retire()
+
+    def _load_failed(self, error: str) -> None:
+        if self.runner is None:
+            self.error = error
+            log.error("model failed to load, the server stays not ready: %s", error)
+            return
+        self.reload_error = error
+        self._failed_version = self._wanted_version()
+        self.metrics.reloads_failed.inc()
+        log.error("reload failed, version %d keeps serving: %s", self.runner.spec.version, error)
+
+    def _retire(self) -> None:
+        """Free every older version that nothing queued or running needs any more."""
+        queued = {p.version for p in self.policy.queue}
+        for version in [v for v in self.models if v != self.runner.spec.version]:
+            if not self._running[version] and version not in queued:
+                del self.models[version]
+                log.info("version %d unloaded", version)
+
+    def _wanted_version(self) -> int | None:
+        """The version MODEL_PATH says to serve now, or None if it names none."""
+        try:
+            return versions.choose(self.settings.model_path, self.settings.model_version,
+                                   self.settings.model_settle_s).number
+        except (FileNotFoundError, OSError):
+            return None
+
+    def _watch_versions(self) -> None:
+        """MODEL_POLL_S: reload when the directory's version to serve is not the one served."""
+        while not self._stop:
+            time.sleep(self.settings.model_poll_s)
+            wanted = self._wanted_version()
+            current = self.runner.spec.version if self.runner is not None else None
+            if current is not None and wanted not in (None, current, self._failed_version):
+                self.reload(f"version {wanted} appeared in {self.settings.model_path}")
 
     def _batch_limit(self, runner: ModelRunner) -> int:
         """MAX_BATCH_SIZE, or with BATCH_AUTOTUNE the batch size that costs least per row."""
@@ -127,7 +217,9 @@ class MuleServer:
 
     def serve_forever(self) -> None:
         self.listen()
-        threading.Thread(target=self._load_model, name="model-loader", daemon=True).start()
+        self.reload("start")
+        if self.settings.model_poll_s:
+            threading.Thread(target=self._watch_versions, name="version-watch", daemon=True).start()
         while not self._stop:
             self.step()
 
@@ -141,6 +233,7 @@ class MuleServer:
         if a model thread is free and the policy says so."""
         self._poll(max_wait if self._next_wait is None else self._next_wait)
         self._finish_completed()
+        self._install_loaded()
         self._next_wait = None
         if self.runner is None or not self._free_buffers:
             return  # a finished batch or a message wakes the loop
@@ -193,19 +286,23 @@ class MuleServer:
                 self._enqueue(conn, message)
             elif message[0] == wire.STATUS:
                 self._send(conn, self.status().pack())
+            elif message[0] == wire.RELOAD:
+                self.reload("asked to")
 
     def _enqueue(self, conn: socket.socket, message: bytes) -> None:
-        slot, seq, rows, deadline = wire.unpack_infer(message)
+        slot, seq, rows, deadline, version, dims = wire.unpack_infer(message)
         now = time.monotonic()
-        pending = Pending(conn, slot, seq, rows, deadline, now)
+        pending = Pending(conn, slot, seq, rows, deadline, now, dims, version)
         if deadline <= now:  # shed at once, and counted before any later message is answered
             self.counts["expired"] += 1
             self.metrics.shed_deadline.inc()
             self._reply(pending, wire.EXPIRED, message="deadline passed before the model was reached")
         elif self.runner is None:
             self._reply(pending, wire.NOT_READY, message=not_ready_reason(self.error))
-        elif slot >= self.settings.n_slots or not 0 < rows <= self.layout.rows:
-            self._reply(pending, wire.FAILED, message=f"bad request: slot {slot}, {rows} rows")
+        elif version not in self.models:
+            self._reply(pending, wire.STALE, message=f"version {version} is no longer loaded")
+        elif slot >= self.settings.n_slots or not self._valid(pending):
+            self._reply(pending, wire.FAILED, message=f"bad request: slot {slot}, {rows} rows, sizes {dims}")
         elif not self.policy.admit(pending):
             self.counts["overloaded"] += 1
             self.metrics.shed_overload.inc()
@@ -213,26 +310,42 @@ class MuleServer:
         else:
             self._latest[slot] = pending
 
+    def _valid(self, pending: Pending) -> bool:
+        """Rows the slot holds; one positive size per variable input dimension, and rows that
+        fit their regions."""
+        runner, layout = self.models[pending.version]
+        spec, dims = runner.spec, pending.shape
+        wanted = sum(t.shape.count(VARIABLE) for t in spec.inputs)
+        return 0 < pending.rows <= layout.rows and len(dims) == wanted and all(d > 0 for d in dims) and (
+            not dims or layout.rows_for(spec, spec.input_shapes(dims)) > 0)
+
     def _start(self, batch: list[Pending]) -> None:
         """Copy the batch's rows out of their slots and hand it to a free model thread."""
-        layout, spec = self.layout, self.runner.spec
+        version = batch[0].version  # all its requests share their version and sizes (BatchPolicy)
+        runner, layout = self.models[version]
+        spec = runner.spec
         total = sum(p.rows for p in batch)
-        buffer = self._free_buffers.pop()
+        buffer = self._free_buffers.pop()  # buffers fit the current version: others get their own
+        if spec.is_variable or runner is not self.runner:
+            buffer = runner.new_buffer(spec.input_shapes(batch[0].shape) if spec.is_variable else None)
         offset, now = 0, time.monotonic()
         for pending in batch:
             self.metrics.queue_seconds.observe(now - pending.arrival)
-            buffer[offset : offset + pending.rows] = layout.input_view(self.shm, pending.slot, spec, pending.rows)
+            arrays = layout.read_inputs(self.shm, pending.slot, spec, pending.rows, pending.shape)
+            for target, array in zip(buffer, arrays):
+                target[offset : offset + pending.rows] = array
             offset += pending.rows
         self.rows_in_flight += total
-        self.metrics.padded_rows.inc(self.runner.bucket_for(total) - total)
+        self._running[version] += 1
+        self.metrics.padded_rows.inc(runner.bucket_for(total) - total)
         self._guard(max(1, self.settings.harakiri_s))
-        self._executor.submit(self._execute, batch, buffer, total)
+        self._executor.submit(self._execute, runner, batch, buffer, total)
 
-    def _execute(self, batch: list[Pending], buffer: np.ndarray, total: int) -> None:
+    def _execute(self, runner: ModelRunner, batch: list[Pending], buffer: Batch, total: int) -> None:
         """On a model thread: one model call, then back to the loop."""
         started = time.perf_counter()
         try:
-            outputs, error = self.runner.run_padded(buffer, total), None
+            outputs, error = runner.run_padded(buffer, total), None
         except Exception as exc:
             log.exception("model call failed on a batch of %d rows", total)
             outputs, error = None, exc
@@ -246,7 +359,11 @@ class MuleServer:
                 batch, buffer, total, outputs, error, compute_ms = self._completed.get_nowait()
             except queue.Empty:
                 break
-            self._free_buffers.append(buffer)
+            version = batch[0].version
+            runner, layout = self.models[version]
+            self._running[version] -= 1
+            fits = runner is self.runner and not runner.spec.is_variable
+            self._free_buffers.append(buffer if fits else self.runner.new_buffer())
             self.rows_in_flight -= total
             if len(self._free_buffers) == self.settings.model_concurrency:
                 self._guard(0)
@@ -255,6 +372,7 @@ class MuleServer:
                 self.metrics.failed_rows.inc(total)
                 for pending in batch:
                     self._reply(pending, wire.FAILED, message=f"the model failed: {type(error).__name__}")
+                self._retire()
                 continue
             self.compute_ms_total += compute_ms
             self.metrics.batch_seconds.observe(compute_ms / 1000)
@@ -262,21 +380,27 @@ class MuleServer:
             self.batch_sizes[total] += 1
             self.counts["batches"] += 1
             self.counts["rows"] += total
-            layout, spec = self.layout, self.runner.spec
+            spec = runner.spec
+            dims = spec.variable_dims(spec.outputs, outputs)
             offset = 0
             for pending in batch:
                 if self._latest.get(pending.slot) is pending:  # else a newer request owns the slot
-                    views = layout.output_views(self.shm, pending.slot, spec, pending.rows)
-                    for view, out in zip(views, outputs):
-                        view[...] = out[offset : offset + pending.rows]
-                    self._reply(pending, wire.OK, total, compute_ms)
+                    rows = [out[offset : offset + pending.rows] for out in outputs]
+                    try:
+                        layout.write_outputs(self.shm, pending.slot, spec, rows)
+                    except wire.DoesNotFit as exc:
+                        self._reply(pending, wire.FAILED, message=str(exc))
+                    else:
+                        self._reply(pending, wire.OK, total, compute_ms, dims=dims)
                 offset += pending.rows
+            self._retire()
 
     # --- replies and connections ----------------------------------------------------------
 
-    def _reply(self, pending: Pending, code: int, batch_size: int = 0, compute_ms: float = 0.0,
-               message: str = "") -> None:
-        self._send(pending.conn, wire.pack_reply(pending.seq, code, batch_size, compute_ms, message))
+    def _reply(self, pending: Pending, code: int, batch_size: int = 0, compute_ms: float = 0.0, *,
+               message: str = "", dims: tuple[int, ...] = ()) -> None:
+        current = self.runner.spec.version if self.runner is not None else 0
+        self._send(pending.conn, wire.Reply(pending.seq, code, batch_size, compute_ms, dims, message, current).pack())
 
     def _send(self, conn: socket.socket, data: bytes) -> None:
         try:
@@ -313,6 +437,8 @@ class MuleServer:
             rows_in_flight=self.rows_in_flight,
             load_seconds=round(self.load_seconds, 3),
             warmup_seconds=round(runner.warmup_seconds, 3) if runner else 0.0,
+            reloads=self.reloads,
+            reload_error=self.reload_error,
         )
         state = "ready" if runner else ("failed" if self.error else "loading")
         return wire.MuleStatus(state, stats, self.error, runner.spec if runner else None, self.layout)

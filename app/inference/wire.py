@@ -18,79 +18,178 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from app.inference.spec import ModelSpec
+from app.inference.spec import ModelSpec, TensorSpec
 
 ALIGN = 64
 
 # worker -> mule
-INFER = 1  # payload: slot, seq, rows, deadline (CLOCK_MONOTONIC seconds, shared by all processes)
+INFER = 1  # payload: slot, seq, rows, deadline (CLOCK_MONOTONIC seconds, shared by all processes),
+#            the model version the rows were written for, then the sizes of the inputs' variable
+#            dimensions (uint32 each), if the model has any
 STATUS = 2  # no payload; the mule answers with MuleStatus.pack()
+RELOAD = 4  # no payload, no answer: load the version to serve now beside the current one, then switch
 # mule -> worker: REPLY answers INFER
-REPLY = 3
+REPLY = 3  # payload: seq, code, batch size, compute ms, the version served now, the outputs'
+#            variable sizes, a message
 
-_INFER = struct.Struct("<BIIId")
-_REPLY = struct.Struct("<BIBIf")
+_INFER = struct.Struct("<BIIIdI")
+_REPLY = struct.Struct("<BIBIfI")
 
-# reply codes
-OK, FAILED, EXPIRED, OVERLOADED, NOT_READY = range(5)
-
-
-def pack_infer(slot: int, seq: int, rows: int, deadline: float) -> bytes:
-    return _INFER.pack(INFER, slot, seq, rows, deadline)
+# reply codes; STALE: the rows were written for a version the mule no longer has (reload)
+OK, FAILED, EXPIRED, OVERLOADED, NOT_READY, STALE = range(6)
 
 
-def unpack_infer(message: bytes) -> tuple[int, int, int, float]:
-    _, slot, seq, rows, deadline = _INFER.unpack(message)
-    return slot, seq, rows, deadline
+def pack_infer(slot: int, seq: int, rows: int, deadline: float, *, version: int = 1,
+               dims: tuple[int, ...] = ()) -> bytes:
+    return _INFER.pack(INFER, slot, seq, rows, deadline, version) + struct.pack(f"<{len(dims)}I", *dims)
 
 
-def pack_reply(seq: int, code: int, batch_size: int = 0, compute_ms: float = 0.0, message: str = "") -> bytes:
-    return _REPLY.pack(REPLY, seq, code, batch_size, compute_ms) + message.encode()
+def unpack_infer(message: bytes) -> tuple[int, int, int, float, int, tuple[int, ...]]:
+    _, slot, seq, rows, deadline, version = _INFER.unpack_from(message)
+    dims = struct.unpack_from(f"<{(len(message) - _INFER.size) // 4}I", message, _INFER.size)
+    return slot, seq, rows, deadline, version, dims
 
 
-def unpack_reply(message: bytes) -> tuple[int, int, int, float, str]:
-    _, seq, code, batch_size, compute_ms = _REPLY.unpack_from(message)
-    return seq, code, batch_size, compute_ms, message[_REPLY.size :].decode(errors="replace")
+@dataclass(frozen=True)
+class Reply:
+    seq: int
+    code: int
+    batch_size: int = 0
+    compute_ms: float = 0.0
+    dims: tuple[int, ...] = ()  # the sizes of the outputs' variable dimensions
+    message: str = ""
+    current: int = 0  # the version the mule serves now (0: none): a worker with another refreshes
+
+    def pack(self) -> bytes:
+        head = _REPLY.pack(REPLY, self.seq, self.code, self.batch_size, self.compute_ms, self.current)
+        return head + struct.pack(f"<B{len(self.dims)}I", len(self.dims), *self.dims) + self.message.encode()
+
+    @classmethod
+    def unpack(cls, message: bytes) -> Reply:
+        _, seq, code, batch_size, compute_ms, current = _REPLY.unpack_from(message)
+        (count,) = struct.unpack_from("<B", message, _REPLY.size)
+        dims = struct.unpack_from(f"<{count}I", message, _REPLY.size + 1)
+        text = message[_REPLY.size + 1 + 4 * count :].decode(errors="replace")
+        return cls(seq, code, batch_size, compute_ms, dims, text, current)
 
 
 def _align(n: int) -> int:
     return (n + ALIGN - 1) // ALIGN * ALIGN
 
 
+def _region_bytes(tensor: TensorSpec, rows: int, string_bytes: int, shape: tuple[int, ...] | None = None) -> int:
+    if tensor.is_bytes:  # lengths (uint32), then room for string_bytes bytes per value
+        values = rows * int(np.prod(shape or tensor.shape, dtype=np.int64))
+        return _align(values * 4) + _align(values * string_bytes)
+    return _align(rows * tensor.row_bytes(string_bytes, shape))
+
+
+class DoesNotFit(ValueError):
+    """A value or a tensor is larger than its room in the slot (MAX_STRING_BYTES, SLOT_MB)."""
+
+
 @dataclass(frozen=True)
 class SlotLayout:
-    """Byte offsets inside one slot; both sides derive the same layout from the spec."""
+    """Byte offsets inside one slot; both sides derive the same layout from the spec.
+
+    Each input, then each output, has a region. A fixed-shape tensor's region holds `rows` rows;
+    the tensors with a variable dimension share what is left of the slot equally, and a request
+    sends as many rows as fit its own sizes. A numeric tensor is its raw array; a string tensor
+    is a uint32 length per value followed by `string_bytes` bytes per value, so strings of any
+    length up to that bound travel without an allocator.
+    """
 
     slot_bytes: int
     rows: int  # most rows one request chunk may carry
+    string_bytes: int
+    input_offsets: tuple[int, ...]
     output_offsets: tuple[int, ...]
+    input_sizes: tuple[int, ...]  # bytes of each region
+    output_sizes: tuple[int, ...]
 
     @classmethod
-    def plan(cls, spec: ModelSpec, slot_bytes: int, max_rows: int) -> SlotLayout:
-        """Fit as many rows as the slot holds (at most max_rows); rows=0 means not even one fits."""
+    def plan(cls, spec: ModelSpec, slot_bytes: int, max_rows: int, string_bytes: int) -> SlotLayout:
+        """Fit as many rows as the slot holds (at most max_rows); rows=0 means not even one fits.
+        With variable tensors, the fixed ones take at most half the slot."""
+        tensors = (*spec.inputs, *spec.outputs)
+        fixed = [t for t in tensors if not t.is_variable]
+        budget = slot_bytes // 2 if len(fixed) < len(tensors) else slot_bytes
 
         def size(rows: int) -> int:
-            return _align(rows * spec.input.row_bytes) + sum(_align(rows * o.row_bytes) for o in spec.outputs)
+            return sum(_region_bytes(t, rows, string_bytes) for t in fixed)
 
         rows = max_rows
-        while rows > 0 and size(rows) > slot_bytes:
+        while rows > 0 and size(rows) > budget:
             rows -= 1
-        offsets, offset = [], _align(rows * spec.input.row_bytes)
-        for out in spec.outputs:
+        variable = len(tensors) - len(fixed)
+        share = (slot_bytes - size(rows)) // variable // ALIGN * ALIGN if variable else 0
+        offsets, sizes, offset = [], [], 0
+        for tensor in tensors:
             offsets.append(offset)
-            offset += _align(rows * out.row_bytes)
-        return cls(slot_bytes=slot_bytes, rows=rows, output_offsets=tuple(offsets))
+            sizes.append(share if tensor.is_variable else _region_bytes(tensor, rows, string_bytes))
+            offset += sizes[-1]
+        n_in = len(spec.inputs)
+        return cls(slot_bytes, rows, string_bytes, tuple(offsets[:n_in]), tuple(offsets[n_in:]),
+                   tuple(sizes[:n_in]), tuple(sizes[n_in:]))
 
-    def input_view(self, shm, slot: int, spec: ModelSpec, rows: int) -> np.ndarray:
-        shape = (rows, *spec.input.shape)
-        return np.ndarray(shape, dtype=spec.input.dtype, buffer=shm, offset=slot * self.slot_bytes)
+    def rows_for(self, spec: ModelSpec, shapes: list[tuple[int, ...]]) -> int:
+        """How many rows of these input shapes one chunk may carry (0: not even one fits)."""
+        rows = self.rows
+        for tensor, shape, room in zip(spec.inputs, shapes, self.input_sizes):
+            if tensor.is_variable:
+                while rows > 0 and _region_bytes(tensor, rows, self.string_bytes, shape) > room:
+                    rows -= 1
+        return rows
 
-    def output_views(self, shm, slot: int, spec: ModelSpec, rows: int) -> list[np.ndarray]:
-        base = slot * self.slot_bytes
+    def write_inputs(self, shm, slot: int, spec: ModelSpec, arrays: list[np.ndarray]) -> None:
+        for tensor, offset, room, array in zip(spec.inputs, self.input_offsets, self.input_sizes, arrays):
+            self._write(shm, slot * self.slot_bytes + offset, room, tensor, array)
+
+    def read_inputs(self, shm, slot: int, spec: ModelSpec, rows: int, dims: tuple[int, ...] = ()) -> list[np.ndarray]:
+        """Numeric inputs as views of the slot (copy them before the slot is reused)."""
         return [
-            np.ndarray((rows, *out.shape), dtype=out.dtype, buffer=shm, offset=base + offset)
-            for out, offset in zip(spec.outputs, self.output_offsets)
+            self._read(shm, slot * self.slot_bytes + offset, tensor, rows, shape)
+            for tensor, offset, shape in zip(spec.inputs, self.input_offsets, spec.input_shapes(dims))
         ]
+
+    def write_outputs(self, shm, slot: int, spec: ModelSpec, arrays: list[np.ndarray]) -> None:
+        for tensor, offset, room, array in zip(spec.outputs, self.output_offsets, self.output_sizes, arrays):
+            self._write(shm, slot * self.slot_bytes + offset, room, tensor, array)
+
+    def read_outputs(self, shm, slot: int, spec: ModelSpec, rows: int, dims: tuple[int, ...] = ()) -> list[np.ndarray]:
+        """Copies: the slot's next request overwrites it."""
+        return [
+            self._read(shm, slot * self.slot_bytes + offset, tensor, rows, shape).copy()
+            for tensor, offset, shape in zip(spec.outputs, self.output_offsets, spec.output_shapes(dims))
+        ]
+
+    def _write(self, shm, base: int, room: int, tensor: TensorSpec, array: np.ndarray) -> None:
+        rows, shape = len(array), array.shape[1:]
+        if _region_bytes(tensor, rows, self.string_bytes, shape) > room:
+            raise DoesNotFit(f"{rows} rows of {tensor.name} {list(shape)} do not fit the slot (SLOT_MB)")
+        if not tensor.is_bytes:
+            np.ndarray(array.shape, dtype=tensor.dtype, buffer=shm, offset=base)[...] = array
+            return
+        values = array.size
+        lengths = np.ndarray((values,), dtype=np.uint32, buffer=shm, offset=base)
+        data = np.ndarray((values, self.string_bytes), dtype=np.uint8, buffer=shm, offset=base + _align(values * 4))
+        for i, value in enumerate(array.reshape(-1)):
+            if len(value) > self.string_bytes:
+                raise DoesNotFit(f"a {tensor.name} value has {len(value)} bytes; the limit is {self.string_bytes}"
+                                 " (MAX_STRING_BYTES)")
+            lengths[i] = len(value)
+            data[i, : len(value)] = np.frombuffer(value, dtype=np.uint8)
+
+    def _read(self, shm, base: int, tensor: TensorSpec, rows: int, shape: tuple[int, ...]) -> np.ndarray:
+        if not tensor.is_bytes:
+            return np.ndarray((rows, *shape), dtype=tensor.dtype, buffer=shm, offset=base)
+        values = rows * int(np.prod(shape, dtype=np.int64))
+        lengths = np.ndarray((values,), dtype=np.uint32, buffer=shm, offset=base)
+        data = np.ndarray((values, self.string_bytes), dtype=np.uint8, buffer=shm, offset=base + _align(values * 4))
+        out = np.empty(values, dtype=object)
+        for i in range(values):
+            out[i] = data[i, : lengths[i]].tobytes()
+        return out.reshape((rows, *shape))
 
 
 @dataclass(frozen=True)
@@ -115,6 +214,8 @@ class MuleStats:
     rows_in_flight: int = 0
     load_seconds: float = 0.0  # loading the model, warm-up included
     warmup_seconds: float = 0.0
+    reloads: int = 0  # versions installed after the first
+    reload_error: str | None = None  # why the last reload failed (the current version kept serving)
 
 
 @dataclass(frozen=True)
@@ -133,7 +234,9 @@ class MuleStatus:
     @classmethod
     def unpack(cls, message: bytes) -> MuleStatus:
         data = json.loads(message[1:])
-        layout = data["layout"] and {**data["layout"], "output_offsets": tuple(data["layout"]["output_offsets"])}
+        layout = data["layout"] and {
+            key: tuple(value) if isinstance(value, list) else value for key, value in data["layout"].items()
+        }
         return cls(
             state=data["state"],
             stats=MuleStats(**data["stats"]),

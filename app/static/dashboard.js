@@ -5,7 +5,10 @@
 "use strict";
 
 const INTERVAL_MS = 2000;
-const ROUTE = "/predict";
+// Inference in every protocol: /predict, TF Serving's :predict and the v2 /infer routes.
+const ROUTE = (route) => route === "/predict" || route.endsWith(":predict") || route.endsWith("/infer");
+const matches = (labels, want) =>
+  Object.entries(want).every(([k, v]) => (typeof v === "function" ? v(labels[k] ?? "") : labels[k] === v));
 
 function parseMetrics(text) {
   const samples = [];
@@ -24,7 +27,7 @@ function parseMetrics(text) {
 
 function total(samples, name, want = {}) {
   return samples
-    .filter((s) => s.name === name && Object.entries(want).every(([k, v]) => s.labels[k] === v))
+    .filter((s) => s.name === name && matches(s.labels, want))
     .reduce((sum, s) => sum + s.value, 0);
 }
 
@@ -32,7 +35,7 @@ function total(samples, name, want = {}) {
 function buckets(samples, name, want = {}) {
   const byBound = new Map();
   for (const s of samples) {
-    if (s.name !== name || !Object.entries(want).every(([k, v]) => s.labels[k] === v)) continue;
+    if (s.name !== name || !matches(s.labels, want)) continue;
     const bound = s.labels.le === "+Inf" ? Infinity : Number(s.labels.le);
     byBound.set(bound, (byBound.get(bound) || 0) + s.value);
   }

@@ -18,7 +18,7 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-from tools.local_server import LocalServer, requests_waiting, wait_for
+from tools.local_server import LocalServer, wait_for
 from training.digits import heldout_split, render_png
 
 
@@ -73,7 +73,7 @@ def test_concurrent_requests_are_batched_and_answers_match_single_requests(serve
     scraped = scrape(server)
     with ThreadPoolExecutor(16) as pool, server.mule_stopped() as mule:
         futures = [pool.submit(predict, server.url, png) for png in digit_pngs[:16]]
-        wait_for(lambda: requests_waiting(mule) == 16, 60, "16 requests waiting at the mule")
+        wait_for(lambda: server.requests_waiting(mule) == 16, 60, "16 requests waiting at the mule")
     responses = [future.result(60) for future in futures]
     for response, expected in zip(responses, alone):
         assert response.status_code == 200, response.text
@@ -195,7 +195,7 @@ def test_killing_a_worker_mid_request_leaves_no_wedged_slot(server, digit_pngs):
     )
     with server.mule_stopped() as mule:  # the request cannot finish: it is mid-request for sure when the workers die
         in_flight.start()
-        wait_for(lambda: requests_waiting(mule) == 1, 30, "the request waiting at the mule")
+        wait_for(lambda: server.requests_waiting(mule) == 1, 30, "the request waiting at the mule")
         for pid in workers:
             os.kill(pid, signal.SIGKILL)
     in_flight.join(30)
@@ -245,7 +245,7 @@ def test_full_queue_answers_503_with_retry_after(start_server, digit_pngs):
     with ThreadPoolExecutor(16) as pool:
         with server.mule_stopped() as mule:
             futures = [pool.submit(one, i) for i in range(16)]
-            wait_for(lambda: requests_waiting(mule) == 16, 60, "16 requests waiting at the mule")
+            wait_for(lambda: server.requests_waiting(mule) == 16, 60, "16 requests waiting at the mule")
         outcomes = [future.result(60) for future in futures]
     codes = Counter((status, code) for status, code, _ in outcomes)
     assert codes == {(200, None): 1, (503, "overloaded"): 15}, codes

@@ -7,6 +7,7 @@ import pytest
 
 from app.config import Settings
 from app.inference.model_runner import ModelLoadError, load_runner
+from tests.models import text_classifier, token_tagger, two_in_two_out
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +39,7 @@ def test_every_model_format_loads_and_matches_keras(small_model, tmp_path, kind)
     assert len(spec.outputs) == 1 and spec.outputs[0].shape == (4,)
     assert spec.is_image and spec.is_classifier
     batch = np.random.default_rng(0).random((7, 6, 6, 3), dtype=np.float32)
-    (got,) = runner.run(batch)  # 7 rows: chunks of 4 and 3 (padded to 4)
+    (got,) = runner.run([batch])  # 7 rows: chunks of 4 and 3 (padded to 4)
     expected = small_model(batch, training=False).numpy()
     np.testing.assert_allclose(got, expected, atol=1e-5)
 
@@ -65,10 +66,10 @@ def test_padding_to_a_bucket_does_not_change_answers(small_model, tmp_path):
     runner = load_runner(settings_for(path))
     rows = np.random.default_rng(1).random((3, 6, 6, 3), dtype=np.float32)
     assert runner.bucket_for(3) == 4
-    buffer = runner.new_buffer()
+    (buffer,) = runner.new_buffer()
     buffer[:3] = rows
     buffer[3:] = 123.0  # junk in the padding rows
-    (out,) = runner.run_padded(buffer, 3)
+    (out,) = runner.run_padded([buffer], 3)
     assert out.shape == (3, 4)
     np.testing.assert_allclose(out, small_model(rows, training=False).numpy(), atol=1e-5)
 
@@ -85,7 +86,6 @@ def test_labels_must_match_the_classes(small_model, tmp_path):
 
 
 def test_clear_errors_for_models_that_cannot_be_served(tmp_path):
-    import keras  # noqa: PLC0415
 
     with pytest.raises(ModelLoadError, match="does not exist"):
         load_runner(settings_for(tmp_path / "missing.keras"))
@@ -93,15 +93,6 @@ def test_clear_errors_for_models_that_cannot_be_served(tmp_path):
     garbage.write_bytes(b"not a model")
     with pytest.raises(ModelLoadError, match="cannot load model"):
         load_runner(settings_for(garbage))
-    variable = keras.Sequential([keras.Input((None, None, 3)), keras.layers.GlobalAveragePooling2D()])
-    variable.save(tmp_path / "variable.keras")
-    with pytest.raises(ModelLoadError, match="unknown dimensions"):
-        load_runner(settings_for(tmp_path / "variable.keras"))
-    a, b = keras.Input((2,)), keras.Input((3,))
-    two = keras.Model([a, b], keras.layers.Concatenate()([a, b]))
-    two.save(tmp_path / "two.keras")
-    with pytest.raises(ModelLoadError, match="2 inputs"):
-        load_runner(settings_for(tmp_path / "two.keras"))
 
 
 def test_multi_output_models_describe_every_output(tmp_path):
@@ -113,5 +104,64 @@ def test_multi_output_models_describe_every_output(tmp_path):
     runner = load_runner(settings_for(tmp_path / "multi.keras"))
     assert [o.shape for o in runner.spec.outputs] == [(2,), (3,)]
     assert not runner.spec.is_image and not runner.spec.is_classifier
-    outs = runner.run(np.ones((2, 5), dtype=np.float32))
+    outs = runner.run([np.ones((2, 5), dtype=np.float32)])
     assert [o.shape for o in outs] == [(2, 2), (2, 3)]
+
+
+def test_named_inputs_and_outputs_of_a_functional_model(tmp_path):
+    path = tmp_path / "two.keras"
+    model = two_in_two_out(path)
+    runner = load_runner(settings_for(path))
+    spec = runner.spec
+    assert [(t.name, t.shape, t.dtype) for t in spec.inputs] == [("features", (3,), "float32"),
+                                                                   ("counts", (2,), "int32")]
+    assert [(t.name, t.shape) for t in spec.outputs] == [("score", (1,)), ("embedding", (4,))]
+    rng = np.random.default_rng(2)
+    features = rng.random((5, 3), dtype=np.float32)
+    counts = rng.integers(0, 9, (5, 2)).astype(np.int32)
+    got = runner.run([features, counts])  # 5 rows: chunks of 4 and 1
+    expected = model({"features": features, "counts": counts}, training=False)
+    for out, want in zip(got, expected):
+        np.testing.assert_allclose(out, np.asarray(want), atol=1e-5)
+
+    exported = tmp_path / "two_savedmodel"
+    model.export(exported, verbose=False)
+    saved = load_runner(settings_for(exported))
+    by_name = {t.name: i for i, t in enumerate(saved.spec.inputs)}
+    assert set(by_name) == {"features", "counts"}
+    arrays = [None, None]
+    arrays[by_name["features"]], arrays[by_name["counts"]] = features, counts
+    outputs = dict(zip((t.name for t in saved.spec.outputs), saved.run(arrays)))
+    assert len(outputs) == 2
+    matched = sorted(outputs.values(), key=lambda a: a.shape[1])
+    for out, want in zip(matched, expected):
+        np.testing.assert_allclose(out, np.asarray(want), atol=1e-5)
+
+
+def test_a_text_classifier_takes_strings(tmp_path):
+    path = tmp_path / "text.keras"
+    model = text_classifier(path)
+    runner = load_runner(settings_for(path))
+    (text,) = runner.spec.inputs
+    assert text.is_bytes and text.shape == (1,)
+    rows = np.array([[b"a great film"], [b"awful, boring"], [b""]], dtype=object)
+    (got,) = runner.run([rows])
+    import tensorflow as tf  # noqa: PLC0415
+
+    np.testing.assert_allclose(got, model(tf.constant(rows), training=False).numpy(), atol=1e-5)
+
+
+def test_variable_dimensions_load_and_run_at_any_size(tmp_path):
+    path = tmp_path / "tagger.keras"
+    model = token_tagger(path)
+    runner = load_runner(settings_for(path))
+    (tokens,) = runner.spec.inputs
+    (tags,) = runner.spec.outputs
+    assert tokens.shape == (-1,) and tokens.dtype == "int32" and tags.shape == (-1, 3)
+    assert runner.spec.is_variable and not runner.spec.is_image
+    assert runner.batch_costs_ms == {}  # no single batch limit to choose when sizes vary
+    for length in (1, 4, 9):
+        rows = np.random.default_rng(length).integers(0, 20, (3, length)).astype(np.int32)
+        (got,) = runner.run([rows])
+        assert got.shape == (3, length, 3)
+        np.testing.assert_allclose(got, model(rows, training=False).numpy(), atol=1e-5)

@@ -255,3 +255,14 @@ def test_a_lowered_limit_splits_a_long_queue_into_batches_of_that_size():
     while p.queue:
         sizes.append(len(p.decide(now=1.0).batch))
     assert sizes == [4, 4, 2]
+
+
+def test_only_requests_of_the_oldest_ones_shape_share_a_batch():
+    p = policy(max_batch=8)
+    a, b, c, d = (pending(arrival=i / 10) for i in range(4))
+    a.shape, b.shape, c.shape, d.shape = (3,), (5,), (3,), (5,)
+    for r in (a, b, c, d):
+        p.admit(r)
+    first = p.decide(now=1.0)
+    assert first.batch == [a, c] and list(p.queue) == [b, d] and p.queued_rows == 2
+    assert p.decide(now=1.0).batch == [b, d] and p.queued_rows == 0

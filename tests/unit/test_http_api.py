@@ -112,7 +112,7 @@ def test_multipart_repeated_images_give_a_list_per_image():
     for per_image, best in zip(predictions, (1, 8, 5), strict=True):
         assert_top(per_image, best=best, k=2)
     assert response.headers["X-Batch-Size"] == "3"
-    (rows, _), = backend.calls
+    ([rows], _), = backend.calls
     assert rows.shape == (3, 8, 8, 3)
     assert 0.0 <= rows.min() and rows.max() <= 1.0  # "unit" preprocessing reached the backend
 
@@ -121,7 +121,7 @@ def test_images_are_resized_to_the_model_input():
     client, backend = make_client()
     response = client.post("/predict", data={"image": (io.BytesIO(image_for_class(3, size=(40, 30))), "big.png")})
     assert response.status_code == 200
-    assert backend.calls[0][0].shape == (1, 8, 8, 3)
+    assert backend.calls[0][0][0].shape == (1, 8, 8, 3)
 
 
 def test_raw_image_body(client):
@@ -250,8 +250,9 @@ def test_truncated_image(client):
     assert_error(client.post("/predict", data=data[:200], content_type="image/jpeg"), 400, "invalid_image")
 
 
-@pytest.mark.parametrize("body", ["{not json", "[1, 2, 3]", '"image"', ""])
+@pytest.mark.parametrize("body", ["{not json", "[1, 2, 3]", '"image"', "", "[" * 100_000, b"{\"image\": \"\xff\xfe\"}"])
 def test_invalid_json(client, body):
+    """Deep nesting (RecursionError in json) and bad UTF-8 included: a 400, never a 500."""
     assert_error(client.post("/predict", data=body, content_type="application/json"), 400, "invalid_json")
 
 

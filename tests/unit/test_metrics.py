@@ -75,7 +75,7 @@ def test_promtool_finds_nothing_to_fix(client, tmp_path):
     harness = MuleHarness.with_model(tmp_path, ToyModel())
     try:
         harness.wait_ready()
-        harness.client().predict(np.ones((3, 4), dtype=np.float32), deadline=time.monotonic() + 30)
+        harness.client().predict([np.ones((3, 4), dtype=np.float32)], deadline=time.monotonic() + 30)
     finally:
         harness.close()
     client.post("/predict", json={"instances": [[1, 2, 3, 4]]})
@@ -100,9 +100,9 @@ def test_the_mule_counts_batches_rows_padding_queue_time_and_shedding(tmp_path):
     try:
         harness.wait_ready()
         client = harness.client()
-        client.predict(np.ones((3, 4), dtype=np.float32), deadline=time.monotonic() + 30)  # padded to the bucket of 4
+        client.predict([np.ones((3, 4), dtype=np.float32)], deadline=time.monotonic() + 30)  # padded to the bucket of 4
         with pytest.raises(DeadlineExceeded):
-            client.predict(np.ones((1, 4), dtype=np.float32), deadline=time.monotonic() - 1)
+            client.predict([np.ones((1, 4), dtype=np.float32)], deadline=time.monotonic() - 1)
         client.status(fresh=True)  # answered after the expired request was shed
         stats = harness.server.status().stats
     finally:

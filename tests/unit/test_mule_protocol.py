@@ -5,6 +5,7 @@ The server runs in a thread on an anonymous mmap standing in for uWSGI's shareda
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 import threading
 import time
@@ -14,8 +15,9 @@ import pytest
 
 from app.config import Settings
 from app.inference import wire
-from app.inference.backend import DeadlineExceeded, NotReady, Unavailable
+from app.inference.backend import DeadlineExceeded, NotReady, TooLarge, Unavailable
 from app.inference.model_runner import ModelLoadError, ModelRunner
+from app.inference.spec import ModelSpec, TensorSpec
 from tests.doubles import (
     TOY_SPEC,
     WAIT_S,
@@ -53,11 +55,21 @@ def everyone_in(n: int):
     return lambda server: server.rows_in_flight + server.policy.queued_rows + server.counts["overloaded"] >= n
 
 
+def release_when_in(harness: MuleHarness, n: int = 8):
+    """For in_worker_threads' `meanwhile`: once n rows are in the held model, queued or refused,
+    let the model go."""
+    def release() -> None:
+        harness.wait_until(everyone_in(n), f"{n} requests in the model, queued or refused")
+        harness.model.release()
+
+    return release
+
+
 def test_lone_request_runs_as_batch_of_one(toy):
     client = toy.client()
     toy.wait_ready()
     rows = np.arange(4, dtype=np.float32)[None]
-    result = client.predict(rows, deadline())
+    result = client.predict([rows], deadline())
     assert result.batch_size == 1
     np.testing.assert_allclose(result.outputs[0], [[6.0]])
     np.testing.assert_allclose(result.outputs[1], rows * 2)
@@ -69,12 +81,9 @@ def test_requests_arriving_during_a_batch_share_the_next_one(held):
     held.wait_ready()
     inputs = [np.full((1, 4), i, dtype=np.float32) for i in range(8)]
 
-    def fill_queue_then_release():
-        held.wait_until(everyone_in(8), "8 requests in the model or queued behind it")
-        held.model.release()
 
-    results = in_worker_threads(clients, 4, lambda client, i: client.predict(inputs[i], deadline()),
-                                meanwhile=fill_queue_then_release)
+    results = in_worker_threads(clients, 4, lambda client, i: client.predict([inputs[i]], deadline()),
+                                meanwhile=release_when_in(held))
     for i, result in enumerate(results):  # every caller gets its own rows back
         np.testing.assert_allclose(result.outputs[0], [[4.0 * i]])
         np.testing.assert_allclose(result.outputs[1], inputs[i] * 2)
@@ -98,12 +107,9 @@ def test_batch_limit_comes_from_the_measured_costs(tmp_path, autotune, limit):
         harness.wait_ready()
         inputs = [np.full((1, 4), i, dtype=np.float32) for i in range(8)]
 
-        def fill_queue_then_release():
-            harness.wait_until(everyone_in(8), "8 requests in the model or queued behind it")
-            model.release()
 
-        results = in_worker_threads(clients, 4, lambda client, i: client.predict(inputs[i], deadline()),
-                                    meanwhile=fill_queue_then_release)
+        results = in_worker_threads(clients, 4, lambda client, i: client.predict([inputs[i]], deadline()),
+                                    meanwhile=release_when_in(harness))
         for i, result in enumerate(results):
             np.testing.assert_allclose(result.outputs[0], [[4.0 * i]])
         stats = harness.server.status().stats
@@ -118,7 +124,7 @@ def test_batch_limit_comes_from_the_measured_costs(tmp_path, autotune, limit):
 def test_batches_are_padded_to_buckets(toy):
     client = toy.client()
     toy.wait_ready()
-    result = client.predict(np.ones((3, 4), dtype=np.float32), deadline())
+    result = client.predict([np.ones((3, 4), dtype=np.float32)], deadline())
     assert result.batch_size == 3
     assert toy.model.calls[-1] == 4  # padded up to the bucket; only 3 rows come back
     assert result.outputs[0].shape == (3, 1)
@@ -131,7 +137,7 @@ def test_many_rows_in_one_request_are_chunked_by_slot_capacity(tmp_path):
         client = harness.client()
         harness.wait_ready()
         rows = np.arange(40, dtype=np.float32).reshape(10, 4)
-        result = client.predict(rows, deadline())
+        result = client.predict([rows], deadline())
         np.testing.assert_allclose(result.outputs[0][:, 0], rows.sum(axis=1))
         assert max(model.calls) <= 4
     finally:
@@ -142,11 +148,11 @@ def test_deadline_gives_504_and_a_late_answer_is_ignored(held):
     client = held.client()
     held.wait_ready()
     with pytest.raises(DeadlineExceeded):  # the model holds the batch past this deadline
-        client.predict(np.zeros((1, 4), dtype=np.float32), deadline(0.05))
+        client.predict([np.zeros((1, 4), dtype=np.float32)], deadline(0.05))
     held.model.release()
     # the late reply for the timed-out request comes first and must not be taken for this one
     rows = np.full((1, 4), 7, dtype=np.float32)
-    result = client.predict(rows, deadline())
+    result = client.predict([rows], deadline())
     np.testing.assert_allclose(result.outputs[0], [[28.0]])
     assert held.model.calls == [1, 1]
 
@@ -157,8 +163,8 @@ def test_expired_requests_are_shed_before_running(toy):
         sock.settimeout(WAIT_S)
         sock.connect(str(toy.settings.mule_socket))
         sock.send(wire.pack_infer(0, 1, 1, time.monotonic() - 1))
-        seq, code, _, _, text = wire.unpack_reply(sock.recv(4096))
-    assert (seq, code) == (1, wire.EXPIRED) and "deadline" in text
+        reply = wire.Reply.unpack(sock.recv(4096))
+    assert (reply.seq, reply.code) == (1, wire.EXPIRED) and "deadline" in reply.message
     assert toy.model.calls == []
     assert toy.server.status().stats.expired == 1
 
@@ -169,7 +175,7 @@ def test_client_gives_up_on_a_passed_deadline_and_the_mule_counts_it(toy):
     client = toy.client()
     toy.wait_ready()
     with pytest.raises(DeadlineExceeded):
-        client.predict(np.zeros((1, 4), dtype=np.float32), time.monotonic() - 1)
+        client.predict([np.zeros((1, 4), dtype=np.float32)], time.monotonic() - 1)
     assert client.status(fresh=True).stats["expired"] == 1
     assert toy.model.calls == []
 
@@ -183,16 +189,13 @@ def test_queue_bound_answers_overloaded(tmp_path):
 
         def call(client, i):
             try:
-                client.predict(np.ones((1, 4), dtype=np.float32), deadline())
+                client.predict([np.ones((1, 4), dtype=np.float32)], deadline())
                 return "ok"
             except Exception as exc:
                 return getattr(exc, "code", type(exc).__name__)
 
-        def fill_queue_then_release():
-            harness.wait_until(everyone_in(8), "8 requests in the model, queued or refused")
-            model.release()
 
-        outcomes = in_worker_threads(clients, 4, call, meanwhile=fill_queue_then_release)
+        outcomes = in_worker_threads(clients, 4, call, meanwhile=release_when_in(harness))
         # at most 2 rows fit in the queue and at most 2 entered the model before it: 4 or more refused
         assert outcomes.count("overloaded") >= 4 and set(outcomes) == {"ok", "overloaded"}, outcomes
     finally:
@@ -210,7 +213,7 @@ def test_failed_model_load_is_reported_not_raised(tmp_path):
         assert "does not exist" in status.error
         assert status.reason == "model failed to load: MODEL_PATH /nope does not exist"
         with pytest.raises(NotReady, match="does not exist"):
-            client.predict(np.zeros((1, 4), dtype=np.float32), deadline())
+            client.predict([np.zeros((1, 4), dtype=np.float32)], deadline())
     finally:
         harness.close()
 
@@ -224,7 +227,7 @@ def test_mule_death_fails_in_flight_requests_at_once_then_reconnects(tmp_path):
 
     def call():
         try:
-            client.predict(np.zeros((1, 4), dtype=np.float32), deadline(600))
+            client.predict([np.zeros((1, 4), dtype=np.float32)], deadline(600))
         except Unavailable as exc:
             outcome["error"] = exc
 
@@ -245,27 +248,162 @@ def test_mule_death_fails_in_flight_requests_at_once_then_reconnects(tmp_path):
         fresh.shm = harness.shm  # the shared memory outlives the mule
         fresh.server.shm = harness.shm
         fresh.wait_ready()
-        result = client.predict(np.ones((1, 4), dtype=np.float32), deadline())
+        result = client.predict([np.ones((1, 4), dtype=np.float32)], deadline())
         np.testing.assert_allclose(result.outputs[0], [[4.0]])
     finally:
         fresh.close()
 
 
 def test_layout_keeps_input_and_output_regions_apart():
-    layout = wire.SlotLayout.plan(TOY_SPEC, 4096, 64)
+    layout = wire.SlotLayout.plan(TOY_SPEC, 4096, 64, 16)
     assert layout.rows > 0
-    input_end = layout.rows * TOY_SPEC.input.row_bytes
+    input_end = layout.rows * TOY_SPEC.input.row_bytes(16)
     assert layout.output_offsets[0] >= input_end
-    last = layout.output_offsets[-1] + layout.rows * TOY_SPEC.outputs[-1].row_bytes
+    last = layout.output_offsets[-1] + layout.rows * TOY_SPEC.outputs[-1].row_bytes(16)
     assert last <= 4096
-    assert wire.SlotLayout.plan(TOY_SPEC, 8, 64).rows == 0
+    assert wire.SlotLayout.plan(TOY_SPEC, 8, 64, 16).rows == 0
 
 
 def test_status_message_round_trip_keeps_spec_layout_and_counters():
-    layout = wire.SlotLayout.plan(TOY_SPEC, 4096, 8)
+    layout = wire.SlotLayout.plan(TOY_SPEC, 4096, 8, 16)
     sent = wire.MuleStatus("ready", wire.MuleStats(pid=7, rows=3, batch_sizes={"2": 1}), None, TOY_SPEC, layout)
     message = sent.pack()
     assert message[0] == wire.STATUS
     assert wire.MuleStatus.unpack(message) == sent
     failed = wire.MuleStatus("failed", wire.MuleStats(pid=7), "no such file")
     assert wire.MuleStatus.unpack(failed.pack()) == failed
+
+
+VARIABLE_SPEC = ModelSpec(
+    name="lengths",
+    inputs=(TensorSpec("values", (-1,), "float32"),),
+    outputs=(TensorSpec("sum", (1,), "float32"), TensorSpec("double", (-1,), "float32")),
+)
+
+
+def test_rows_of_different_lengths_are_batched_separately(tmp_path):
+    model = ToyModel(held=True)
+    harness = MuleHarness(mule_settings(tmp_path), lambda s: ModelRunner(VARIABLE_SPEC, model, s.batch_buckets), model)
+    try:
+        clients = [harness.client(0), harness.client(1)]
+        harness.wait_ready()
+        inputs = [np.full((1, 3 if i % 2 else 5), i, dtype=np.float32) for i in range(8)]
+
+
+        results = in_worker_threads(clients, 4, lambda client, i: client.predict([inputs[i]], deadline()),
+                                    meanwhile=release_when_in(harness))
+        for i, result in enumerate(results):
+            np.testing.assert_allclose(result.outputs[0], inputs[i].sum(axis=1, keepdims=True))
+            np.testing.assert_allclose(result.outputs[1], inputs[i] * 2)  # its own length back
+        # the first batch took the first length's requests that had arrived; whatever queued behind
+        # it made one batch per length, so the other length's 4 requests ran together
+        sizes = {int(k): v for k, v in harness.server.status().stats.batch_sizes.items()}
+        assert sum(k * v for k, v in sizes.items()) == 8 and max(sizes) == 4 and sum(sizes.values()) <= 3
+    finally:
+        harness.close()
+
+
+def test_variable_rows_are_chunked_to_fit_the_slot_or_refused(tmp_path):
+    harness = MuleHarness(mule_settings(tmp_path), lambda s: ModelRunner(VARIABLE_SPEC, ToyModel(), s.batch_buckets))
+    try:
+        client = harness.client()
+        harness.wait_ready()
+        rows = np.random.default_rng(0).random((4, 50_000), dtype=np.float32)  # 200 KB a row, ~0.5 MB of room
+        result = client.predict([rows], deadline())
+        np.testing.assert_allclose(result.outputs[1], rows * 2)
+        assert harness.server.status().stats.batch_sizes == {"2": 2}  # two chunks of two rows
+        with pytest.raises(TooLarge):
+            client.predict([np.zeros((1, 200_000), dtype=np.float32)], deadline())  # 800 KB: no room
+    finally:
+        harness.close()
+
+
+class Shifted(ToyModel):
+    """Version 2 of the toy: its sums are 100 higher, so an answer shows which version made it."""
+
+    def __call__(self, inputs):
+        total, double = super().__call__(inputs)
+        return [total + 100, double]
+
+
+def test_a_reload_switches_between_batches_and_loses_nothing(tmp_path):
+    old, new = ToyModel(held=True), Shifted()
+    runners = [(TOY_SPEC, old), (dataclasses.replace(TOY_SPEC, version=2), new)]
+
+    def load(settings: Settings) -> ModelRunner:
+        spec, model = runners.pop(0)
+        return ModelRunner(spec, model, settings.batch_buckets)
+
+    harness = MuleHarness(mule_settings(tmp_path, workers=3), load, old)
+    try:
+        clients = [harness.client(0), harness.client(1)]
+        idle = harness.client(2)  # learns version 1 now and says nothing until version 1 is gone
+        harness.wait_ready()
+        assert idle.status().spec.version == 1
+        rows = [np.full((1, 4), i, dtype=np.float32) for i in range(8)]
+
+        def reload_while_held():
+            harness.wait_until(everyone_in(8), "8 requests in the model or queued behind it")
+            assert harness.server.reload("test")
+            harness.wait_until(lambda server: server.runner.spec.version == 2, "version 2 installed")
+            assert set(harness.server.models) == {1, 2}  # 1 still has work
+            old.release()
+
+        results = in_worker_threads(clients, 4, lambda client, i: client.predict([rows[i]], deadline()),
+                                    meanwhile=reload_while_held)
+        for i, result in enumerate(results):  # written for version 1, answered by version 1
+            assert result.version == 1
+            np.testing.assert_allclose(result.outputs[0], [[4.0 * i]])
+        harness.wait_until(lambda server: set(server.models) == {2}, "version 1 unloaded")
+        late = idle.predict([rows[2]], deadline())  # sent for version 1: STALE, refreshed, sent again
+        assert late.version == 2 and late.outputs[0][0, 0] == 108.0
+        again = idle.predict([rows[1]], deadline())
+        assert again.version == 2 and again.outputs[0][0, 0] == 104.0
+        stats = harness.server.status().stats
+        assert stats.reloads == 1 and stats.reload_error is None
+    finally:
+        harness.close()
+
+
+def test_a_failed_reload_keeps_the_current_version_serving(tmp_path):
+    calls = []
+
+    def load(settings: Settings) -> ModelRunner:
+        calls.append(1)
+        if len(calls) > 1:
+            raise ModelLoadError("version 2 is broken")
+        return ModelRunner(TOY_SPEC, ToyModel(), settings.batch_buckets)
+
+    harness = MuleHarness(mule_settings(tmp_path), load)
+    try:
+        client = harness.client()
+        harness.wait_ready()
+        assert harness.server.reload("test")
+        harness.wait_until(lambda server: server.reload_error is not None, "the reload to fail")
+        status = client.status(fresh=True)
+        assert status.ready and status.spec.version == 1
+        assert status.stats["reload_error"] == "version 2 is broken" and status.stats["reloads"] == 0
+        assert client.predict([np.ones((1, 4), dtype=np.float32)], deadline()).version == 1
+    finally:
+        harness.close()
+
+
+def test_a_version_with_other_inputs_is_served_and_the_change_logged(tmp_path, caplog):
+    wider = dataclasses.replace(TOY_SPEC, version=2, inputs=(TensorSpec("input", (6,), "float32"),),
+                                outputs=(TensorSpec("sum", (1,), "float32"), TensorSpec("double", (6,), "float32")))
+    specs = [TOY_SPEC, wider]
+    harness = MuleHarness(mule_settings(tmp_path, workers=3),
+                          lambda s: ModelRunner(specs.pop(0), ToyModel(), s.batch_buckets))
+    try:
+        old = harness.client(0)
+        harness.wait_ready()
+        assert old.status().spec.version == 1
+        with caplog.at_level("WARNING", logger="app.inference.mule_server"):
+            assert harness.server.reload("test")
+            harness.wait_until(lambda server: set(server.models) == {2}, "version 2 alone")
+        assert "version 2 has another signature than version 1" in caplog.text
+        with pytest.raises(NotReady, match="other inputs"):  # rows shaped for version 1: sent again by the client
+            old.predict([np.ones((1, 4), dtype=np.float32)], deadline())
+        assert harness.client(1).predict([np.ones((1, 6), dtype=np.float32)], deadline()).outputs[1].shape == (1, 6)
+    finally:
+        harness.close()

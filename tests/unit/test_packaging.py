@@ -358,3 +358,12 @@ def test_shellcheck(script):
 def test_ci_runs_make_test():
     text = CI_RUN.read_text()
     assert "set -euo pipefail" in text and re.search(r"^(exec )?make test$", text, re.MULTILINE)
+
+
+def test_the_app_reports_the_version_in_pyproject():
+    import tomllib  # noqa: PLC0415
+
+    import app  # noqa: PLC0415
+
+    with open(PROJECT_ROOT / "pyproject.toml", "rb") as f:
+        assert app.__version__ == tomllib.load(f)["project"]["version"]

@@ -1,0 +1,82 @@
+"""Which model file to load: TF Serving's layout of numbered version directories, or a plain model.
+
+MODEL_PATH may name a model (a .keras or .h5 file, or a SavedModel directory), served as version
+1, or a directory whose numeric subdirectories are versions (`/models/resnet/1/`, `.../2/`), each
+holding one .keras/.h5 file or a SavedModel. The highest complete version is served, unless
+MODEL_VERSION pins one. No TensorFlow here: the launcher and the workers may import it.
+
+"Complete" guards against loading a version that is still being copied: its directory must hold
+a model, and nothing in it may have changed for `settle_s` seconds.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+MODEL_SUFFIXES = (".keras", ".h5")
+
+
+@dataclass(frozen=True)
+class Version:
+    number: int
+    path: Path  # what the loader opens: the model file, or the SavedModel directory
+
+
+def is_versioned(root: Path) -> bool:
+    """A directory of numbered versions rather than a model (a SavedModel has saved_model.pb)."""
+    return root.is_dir() and not (root / "saved_model.pb").exists() and any(_numbered(root))
+
+
+def model_in(directory: Path) -> Path | None:
+    """The model a version directory holds, or None if it holds none (yet)."""
+    if (directory / "saved_model.pb").exists():
+        return directory
+    found = sorted(p for p in directory.iterdir() if p.is_file() and p.suffix in MODEL_SUFFIXES)
+    return found[0] if len(found) == 1 else None
+
+
+def complete_versions(root: Path, settle_s: float, now: float | None = None) -> list[Version]:
+    """The versions under `root` that hold a model and have not changed for `settle_s`, lowest first."""
+    now = time.time() if now is None else now
+    found = []
+    for number, directory in sorted(_numbered(root)):
+        model = model_in(directory)
+        if model is not None and now - _newest_change(directory) >= settle_s:
+            found.append(Version(number, model))
+    return found
+
+
+def choose(root: Path, pin: int, settle_s: float) -> Version:
+    """The version to serve: the pinned one (MODEL_VERSION > 0) or the highest complete one. A
+    plain model is version 1. Raises FileNotFoundError saying what is missing."""
+    if not is_versioned(root):
+        if pin not in (0, 1):
+            raise FileNotFoundError(f"MODEL_VERSION={pin}, but MODEL_PATH {root} is a single model (version 1)")
+        return Version(1, root)
+    versions = complete_versions(root, settle_s)
+    if pin:
+        versions = [v for v in versions if v.number == pin]
+    if not versions:
+        wanted = f"version {pin}" if pin else "a complete version"
+        raise FileNotFoundError(f"MODEL_PATH {root} has no {wanted} (a numbered directory holding one"
+                                f" .keras/.h5 file or a SavedModel, unchanged for {settle_s:g} s)")
+    return versions[-1]
+
+
+def _numbered(root: Path):
+    for child in root.iterdir():
+        if child.is_dir() and child.name.isdigit() and int(child.name) > 0:
+            yield int(child.name), child
+
+
+def _newest_change(directory: Path) -> float:
+    """The latest modification time of the directory or anything in it."""
+    newest = directory.stat().st_mtime
+    for path in directory.rglob("*"):
+        try:
+            newest = max(newest, path.stat().st_mtime)
+        except FileNotFoundError:  # removed while we looked: it changed
+            return time.time()
+    return newest

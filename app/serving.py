@@ -1,0 +1,95 @@
+"""What every inference route shares, whatever its protocol: the settings, the backend, a ready
+model, the request's deadline and the input-count limit. One place, so /predict, TF Serving v1
+and the v2 protocol shed, refuse and time out alike.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+from flask import Response, current_app, request
+
+from app.config import Settings
+from app.errors import ApiError
+from app.inference.backend import Backend, DeadlineExceeded, NotReady, Prediction
+from app.inference.spec import ModelSpec
+
+
+def settings() -> Settings:
+    return current_app.extensions["kerasrv.settings"]
+
+
+def backend() -> Backend:
+    return current_app.extensions["kerasrv.backend"]
+
+
+def ready_spec() -> ModelSpec:
+    status = backend().status()
+    if not status.ready:
+        raise NotReady(status.reason)
+    return status.spec
+
+
+def deadline() -> float:
+    """REQUEST_TIMEOUT_MS counted from when nginx received the request, time queued included; a
+    request already past it is shed here, before any decoding."""
+    budget = settings().request_timeout_ms / 1000
+    started = request.headers.get("X-Request-Start", "")
+    try:
+        waited = max(0.0, time.time() - float(started.removeprefix("t=")))
+    except ValueError:
+        waited = 0.0
+    end = time.monotonic() + budget - waited
+    if time.monotonic() >= end:
+        raise DeadlineExceeded("the request waited longer than REQUEST_TIMEOUT_MS before it started")
+    return end
+
+
+def check_count(count: int) -> None:
+    """MAX_INPUTS_PER_REQUEST, the same for every protocol."""
+    limit = settings().max_inputs_per_request
+    if count == 0:
+        raise ApiError(400, "missing_input", "the request holds no inputs")
+    if count > limit:
+        raise ApiError(413, "too_many_inputs",
+                       f"{count} inputs in one request; the limit is {limit} (MAX_INPUTS_PER_REQUEST)")
+
+
+def check_model(name: str, version: str | None = None, spec: ModelSpec | None = None) -> None:
+    """A protocol route names the model (and maybe a version): 404 unless it is the one served
+    (the version is checked once the model is known)."""
+    served = settings().model_name
+    if name != served:
+        raise ApiError(404, "model_not_found", f"no model named {name!r}; this server serves {served!r}")
+    if version is not None and spec is not None and version != str(spec.version):
+        raise ApiError(404, "version_not_found",
+                       f"model {name!r} has no version {version!r} loaded; it serves version {spec.version}")
+
+
+def readiness(response: Response, ready: bool) -> Response:
+    """A readiness answer: 503 with Retry-After when not ready, so probes and clients need no body."""
+    if not ready:
+        response.status_code = 503
+        response.headers["Retry-After"] = "1"
+    return response
+
+
+def answered(response: Response, result: Prediction) -> Response:
+    """The headers every inference answer carries: rows in its batch, the version that served it."""
+    response.headers["X-Batch-Size"] = str(result.batch_size)
+    response.headers["X-Model-Version"] = str(result.version)
+    return response
+
+
+def json_body(data: bytes | None = None) -> dict:
+    """The request body (or `data`) as a JSON object, or a 400: the one guard for parsing JSON,
+    so no body (bad UTF-8, deep nesting, a bare number) can end in a 500."""
+    raw = request.get_data(cache=False) if data is None else data
+    try:
+        body = json.loads(raw)
+    except (ValueError, RecursionError):
+        raise ApiError(400, "invalid_json", "the body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "invalid_json", "the body must be a JSON object")
+    return body
