@@ -78,11 +78,12 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
     if settings.auth_tokens_file is not None:
         auth.install(app, auth.TokenFile(settings.auth_tokens_file), settings.metrics_open)
     from app import api_docs  # noqa: PLC0415
-    from app.protocols import tfserving, v2  # noqa: PLC0415
+    from app.protocols import tfserving, v2, v2_repository  # noqa: PLC0415
     from app.routes import bp  # noqa: PLC0415
 
     app.register_blueprint(bp)
     app.register_blueprint(api_docs.bp)
     app.register_blueprint(tfserving.bp)
     app.register_blueprint(v2.bp)
+    app.register_blueprint(v2_repository.bp)
     return app

@@ -121,6 +121,29 @@ def document(settings: Settings) -> dict:
                 JSON: {"schema": _ref("V2Response")},
                 "application/octet-stream": {"schema": {"type": "string"}}}}, **ERRORS}},
             method="post"),
+        "/v2/repository/index": {"post": {
+            "operationId": "v2_repository_index", "summary": "The model's versions and their states (Triton)",
+            "requestBody": {"required": False, "content": {JSON: {"schema": {"type": "object", "properties": {
+                "ready": {"type": "boolean", "description": "Only the versions ready to serve"}}}}}},
+            "responses": {"200": _json({"type": "array", "items": _ref("RepositoryEntry")}, "Versions"), **ERRORS}}},
+        "/v2/repository/models/{model}/load": {"post": {
+            "operationId": "v2_repository_load", "parameters": _model_params(),
+            "summary": "Load the version MODEL_PATH names now; answers once it serves (or failed)",
+            "description": "The new version loads beside the served one, which keeps serving if the load fails"
+                           " (400 load_failed). A version already served is not loaded again. 504 if the load"
+                           " outlasts REQUEST_TIMEOUT_MS (it goes on); 400 unsupported with INFERENCE_MODE=worker.",
+            "requestBody": {"required": False, "content": {JSON: {"schema": {"type": "object", "properties": {
+                "parameters": {"type": "object"}}}}}},
+            "responses": {"200": _json({"type": "object", "required": ["model_name", "model_version"],
+                                        "properties": {"model_name": {"type": "string"},
+                                                       "model_version": {"type": "string"}}}, "Served now"),
+                          **ERRORS}}},
+        "/v2/repository/models/{model}/unload": {"post": {
+            "operationId": "v2_repository_unload", "parameters": _model_params(),
+            "summary": "Stop serving the model: what is queued is answered, then not ready until a load",
+            "requestBody": {"required": False, "content": {JSON: {"schema": {"type": "object", "properties": {
+                "parameters": {"type": "object"}}}}}},
+            "responses": {"200": _json({"type": "object", "required": ["model_name"]}, "Unloaded"), **ERRORS}}},
     }
     return {
         "openapi": "3.1.0",
@@ -156,6 +179,9 @@ SCHEMAS: dict = {
         "model_version_status": {"type": "array", "items": {"type": "object", "properties": {
             "version": {"type": "string"}, "state": {"type": "string"},
             "status": {"type": "object"}}}}}},
+    "RepositoryEntry": {"type": "object", "required": ["name", "state"], "properties": {
+        "name": {"type": "string"}, "version": {"type": "string"},
+        "state": {"enum": ["READY", "LOADING", "UNLOADING", "UNAVAILABLE"]}, "reason": {"type": "string"}}},
     "V2TensorMeta": {"type": "object", "required": ["name", "datatype", "shape"], "properties": {
         "name": {"type": "string"}, "datatype": {"enum": _DATATYPES},
         "shape": {"type": "array", "items": {"type": "integer"}}}},

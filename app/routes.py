@@ -52,7 +52,7 @@ def live():
 @bp.get("/health/ready")
 def ready():
     backend = serving.backend()
-    status = backend.status()
+    status = backend.status(fresh=True)  # asks the mule: an unload through another worker shows at once
     body = {"model": serving.settings().model_name, "mode": backend.mode, "state": status.state}
     if status.ready:
         return jsonify(status="ready", **body)

@@ -61,16 +61,30 @@ class FakeBackend:
     mode = "fake"
 
     def __init__(self, spec: ModelSpec = IMAGE_SPEC, state: str = "ready", error: str | None = None,
-                 raises: BackendError | None = None):
+                 raises: BackendError | None = None, versions: list[dict] | None = None):
         self.spec = spec
         self.state = state
         self.error = error
         self.raises = raises
+        self.versions = versions or []  # the version history a mule would report
+        self.load_raises: BackendError | None = None
+        self.loads = 0
         self.calls: list[tuple[list[np.ndarray], float]] = []
 
     def status(self, fresh: bool = False) -> Status:
         spec = self.spec if self.state == "ready" else None
-        return Status(state=self.state, error=self.error, spec=spec, stats={"requests": len(self.calls)})
+        return Status(state=self.state, error=self.error, spec=spec, stats={"requests": len(self.calls)},
+                      versions=self.versions)
+
+    def load(self, deadline: float) -> int:
+        self.loads += 1
+        if self.load_raises is not None:
+            raise self.load_raises
+        self.state = "ready"
+        return self.spec.version
+
+    def unload(self) -> None:
+        self.state = "unloaded"
 
     def predict(self, inputs: list[np.ndarray], deadline: float) -> Prediction:
         self.calls.append(([a.copy() for a in inputs], deadline))
@@ -124,6 +138,14 @@ def mule_settings(tmp_path, **overrides) -> Settings:
                   runtime_dir=tmp_path, request_timeout_ms=5000)
     values.update(overrides)
     return Settings(**values)
+
+
+def version_dir(root: Path, number: int) -> Path:
+    """A version directory of MODEL_PATH's layout; the harness's loaders never open the file."""
+    folder = root / str(number)
+    folder.mkdir(parents=True)
+    (folder / "model.keras").touch()
+    return root
 
 
 class MuleHarness:

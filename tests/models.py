@@ -58,13 +58,18 @@ def token_tagger(path: Path):
     return model
 
 
-def adder(path: Path, version: int):
-    """x (4,) -> y = sum(x) + version: an answer shows which version computed it."""
+def adder(path: Path, version: int, saved_model: bool = False):
+    """x (4,) -> y = sum(x) + version: an answer shows which version computed it. As a .keras file,
+    or with `saved_model` as a SavedModel directory (several files, which a slow copy brings in
+    one by one)."""
     import keras  # noqa: PLC0415
     import numpy as np  # noqa: PLC0415
 
     layer = keras.layers.Dense(1, name="y")
     model = keras.Sequential([keras.Input((4,), name="x"), layer])
     layer.set_weights([np.ones((4, 1), dtype="float32"), np.array([version], dtype="float32")])
-    model.save(path)
+    if saved_model:
+        model.export(path, verbose=False)
+    else:
+        model.save(path)
     return model

@@ -48,6 +48,22 @@ class TooLarge(BackendError):
     retry_after = None
 
 
+class LoadFailed(BackendError):
+    """A load asked for failed; the version served before (if any) still is. 400, as Triton answers."""
+
+    status = 400
+    code = "load_failed"
+    retry_after = None
+
+
+class Unsupported(BackendError):
+    """What this inference mode cannot do (loading and unloading need INFERENCE_MODE=mule)."""
+
+    status = 400
+    code = "unsupported"
+    retry_after = None
+
+
 class InferenceFailed(BackendError):
     """The model itself raised on this input (e.g. values it cannot take)."""
 
@@ -66,6 +82,9 @@ class Prediction:
     info: dict = field(default_factory=dict)
 
 
+UNLOADED_REASON = "the model was unloaded; POST /v2/repository/models/<name>/load loads it again"
+
+
 def not_ready_reason(error: str | None) -> str:
     """What a client is told while the model cannot serve: the load error, or that it is loading."""
     return f"model failed to load: {error}" if error else "the model is still loading"
@@ -73,10 +92,13 @@ def not_ready_reason(error: str | None) -> str:
 
 @dataclass
 class Status:
-    state: str  # "loading", "ready" or "failed"
+    state: str  # "loading", "ready", "failed" or "unloaded"
     error: str | None = None
     spec: ModelSpec | None = None
     stats: dict = field(default_factory=dict)
+    # what became of each version, newest first: {"version", "state" (TF Serving's LOADING,
+    # AVAILABLE, UNLOADING, END), "error"}; empty where the backend keeps no history
+    versions: list[dict] = field(default_factory=list)
 
     @property
     def ready(self) -> bool:
@@ -85,7 +107,15 @@ class Status:
     @property
     def reason(self) -> str:
         """Why it is not ready (see not_ready_reason)."""
-        return not_ready_reason(self.error)
+        return UNLOADED_REASON if self.state == "unloaded" else not_ready_reason(self.error)
+
+    def version_states(self) -> list[dict]:
+        """The versions and their states; without a history, the one version the state implies."""
+        if self.versions:
+            return self.versions
+        known = {"ready": ("AVAILABLE", ""), "loading": ("LOADING", "")}
+        state, error = known.get(self.state, ("END", self.error or ""))
+        return [{"version": self.spec.version if self.spec else 1, "state": state, "error": error}]
 
 
 class Backend(Protocol):
@@ -99,4 +129,13 @@ class Backend(Protocol):
     def predict(self, inputs: Batch, deadline: float) -> Prediction:
         """Run the model on `inputs` (one array per spec.inputs, each with the same rows) before
         `deadline` (time.monotonic() seconds), or raise a BackendError."""
+        ...
+
+    def load(self, deadline: float) -> int:
+        """Load the version MODEL_PATH names now and serve it; the version served after. Raises
+        LoadFailed (what was served still is), DeadlineExceeded (the load goes on) or Unsupported."""
+        ...
+
+    def unload(self) -> None:
+        """Stop serving (answering what is queued first) until the next load; or Unsupported."""
         ...

@@ -18,6 +18,7 @@ from app.inference.backend import (
     NotReady,
     Prediction,
     Status,
+    Unsupported,
     not_ready_reason,
 )
 from app.inference.spec import Batch
@@ -67,3 +68,9 @@ class LocalBackend:
                 raise InferenceFailed(f"the model failed on this input: {type(exc).__name__}") from None
             self._requests += 1
         return Prediction(outputs=outputs, batch_size=len(inputs[0]), version=runner.spec.version)
+
+    def load(self, deadline: float) -> int:
+        raise Unsupported("loading a model on request needs INFERENCE_MODE=mule: each worker holds its own copy here")
+
+    def unload(self) -> None:
+        raise Unsupported("unloading the model needs INFERENCE_MODE=mule: each worker holds its own copy here")

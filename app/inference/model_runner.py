@@ -99,14 +99,27 @@ class ModelRunner:
         return self.batch_costs_ms
 
 
+def _settled_version(settings: Settings) -> versions.Version:
+    """The version to serve; while the only candidates are still being copied, wait for the copy
+    to end rather than fail (a server started beside a copy in progress)."""
+    said = False
+    while True:
+        try:
+            return versions.choose(settings.model_path, settings.model_version, settings.model_settle_s)
+        except versions.NotSettled as exc:
+            if not said:
+                log.info("%s", exc)
+                said = True
+            time.sleep(min(1.0, max(0.1, settings.model_settle_s / 4)))  # files have no event to wait on
+        except FileNotFoundError as exc:
+            raise ModelLoadError(str(exc)) from None
+
+
 def load_runner(settings: Settings) -> ModelRunner:
     """Load MODEL_PATH (.keras, .h5 or a SavedModel directory), describe it, and warm it up."""
     if not settings.model_path.exists():
         raise ModelLoadError(f"MODEL_PATH {settings.model_path} does not exist")
-    try:
-        version = versions.choose(settings.model_path, settings.model_version, settings.model_settle_s)
-    except FileNotFoundError as exc:
-        raise ModelLoadError(str(exc)) from None
+    version = _settled_version(settings)
     path = version.path
     started = time.perf_counter()
     import tensorflow as tf  # noqa: PLC0415 - deliberately late: never in the uWSGI master

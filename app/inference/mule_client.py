@@ -20,6 +20,7 @@ from app.inference import wire
 from app.inference.backend import (
     DeadlineExceeded,
     InferenceFailed,
+    LoadFailed,
     NotReady,
     Overloaded,
     Prediction,
@@ -115,8 +116,46 @@ class MuleClient:
             if message[0] == wire.STATUS:
                 break  # replies to earlier, abandoned requests are skipped
         answer = wire.MuleStatus.unpack(message)
-        channel.status = Status(answer.state, answer.error, answer.spec, dataclasses.asdict(answer.stats))
+        channel.status = Status(answer.state, answer.error, answer.spec, dataclasses.asdict(answer.stats),
+                                answer.stats.versions)
         channel.spec, channel.layout, channel.stale = answer.spec, answer.layout, False
+
+    # --- load and unload ------------------------------------------------------------------
+
+    def load(self, deadline: float) -> int:
+        outcome = self._control(wire.RELOAD, deadline, "the load goes on after REQUEST_TIMEOUT_MS; the"
+                                " model's ready and status routes say when it is done")
+        self._channel().stale = True  # learn the spec of what is served now before the next request
+        if outcome.error is not None:
+            kept = f"; version {outcome.version} keeps serving" if outcome.version else ""
+            raise LoadFailed(f"the model failed to load: {outcome.error}{kept}")
+        return outcome.version
+
+    def unload(self) -> None:
+        self._control(wire.UNLOAD, time.monotonic() + STATUS_TIMEOUT_S, "the model process did not answer")
+        self._channel().stale = True
+
+    def _control(self, kind: int, deadline: float, late: str) -> wire.Outcome:
+        """RELOAD or UNLOAD, on a connection of its own: an answer that comes after the deadline
+        must not meet this thread's next request."""
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as sock:
+                sock.connect(str(self._settings.mule_socket))
+                sock.send(bytes([kind]))
+                while True:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise TimeoutError
+                    sock.settimeout(remaining)
+                    message = sock.recv(1 << 16)
+                    if not message:
+                        raise ConnectionResetError("the mule closed the connection")
+                    if message[0] == kind:
+                        return wire.Outcome.unpack(message)
+        except TimeoutError:
+            raise DeadlineExceeded(late) from None
+        except OSError as exc:
+            raise Unavailable(f"the model process could not be reached ({exc}); retry shortly") from None
 
     # --- inference ------------------------------------------------------------------------
 

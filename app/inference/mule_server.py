@@ -10,6 +10,7 @@ respawns a dead mule without any throttle, so dying would be a crash loop.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import queue
@@ -23,13 +24,36 @@ from concurrent.futures import ThreadPoolExecutor
 
 from app.config import Settings
 from app.inference import versions, wire
-from app.inference.backend import not_ready_reason
+from app.inference.backend import UNLOADED_REASON, not_ready_reason
 from app.inference.batching import BatchPolicy, Pending, efficient_batch, per_row_ms
 from app.inference.model_runner import ModelLoadError, ModelRunner
 from app.inference.spec import VARIABLE, Batch
 from app.metrics import PROCESS_STARTS, MuleMetrics
 
 log = logging.getLogger(__name__)
+
+class VersionHistory:
+    """What became of each version, as TF Serving's version status tells it: LOADING, AVAILABLE,
+    UNLOADING or END (with the error if it failed). The loader thread and the loop both write it,
+    hence the lock; only the newest KEEP entries are kept, however many reloads there are."""
+
+    KEEP = 16
+
+    def __init__(self) -> None:
+        self._states: dict[int, tuple[str, str]] = {}
+        self._lock = threading.Lock()
+
+    def set(self, version: int, state: str, error: str = "") -> None:
+        with self._lock:
+            self._states.pop(version, None)
+            self._states[version] = (state, error)
+            while len(self._states) > self.KEEP:
+                del self._states[next(iter(self._states))]  # the longest untouched
+
+    def as_list(self) -> list[dict]:
+        with self._lock:
+            return [{"version": v, "state": state, "error": error}
+                    for v, (state, error) in sorted(self._states.items(), reverse=True)]
 
 
 class MuleServer:
@@ -78,32 +102,64 @@ class MuleServer:
         self._running: Counter[int] = Counter()  # batches in the model, by version
         self._installs: queue.SimpleQueue = queue.SimpleQueue()
         self._loading = threading.Lock()
-        self._failed_version: int | None = None  # the poll does not retry a version that failed
+        # the version that failed and when its files last changed: the poll retries it only once
+        # they change again (a copy that finished after all, a fixed file)
+        self._failed: tuple[int, float] | None = None
         self.reloads = 0
         self.reload_error: str | None = None
+        self.history = VersionHistory()
+        self.unloaded = False  # UNLOAD was asked: nothing is served until the next RELOAD
+        self._generation = 0  # bumped by UNLOAD: a load begun before it is not installed
+        self._load_waiters: list[socket.socket] = []  # answered when the load under way ends
 
     # --- start-up -------------------------------------------------------------------------
 
-    def reload(self, reason: str) -> bool:
-        """Load the version to serve now beside the current one, on a thread; False if a load is
-        already under way. The loop switches between two batches once it is warm."""
+    def reload(self, reason: str, waiter: socket.socket | None = None) -> bool:
+        """Load the version to serve now beside the current one, on a thread; the loop switches
+        between two batches once it is warm. True if a load started; False if one is already under
+        way (`waiter` then hears how that one ends) or the version is the one served (a version is
+        never reloaded in place: a new model is a new version, as in TF Serving)."""
+        if waiter is not None:
+            self._load_waiters.append(waiter)
         if not self._loading.acquire(blocking=False):
             return False
+        target = self._wanted_version()
+        if self.runner is not None and target == self.runner.spec.version:
+            self._loading.release()
+            log.info("version %d is already served; nothing to load (%s)", target, reason)
+            if waiter is not None:  # only the loop passes one: the list is the loop's
+                self._answer_waiters(None)
+            return False
+        if target is not None:
+            self.history.set(target, "LOADING")
         log.info("loading the model (%s)", reason)
-        threading.Thread(target=self._load_model, name="model-loader", daemon=True).start()
+        threading.Thread(target=self._load_model, args=(target, self._generation), name="model-loader",
+                         daemon=True).start()
         return True
 
-    def _load_model(self) -> None:
+    def _load_model(self, target: int | None, generation: int) -> None:
         """On the loader thread: load, warm and plan the slot layout; the loop installs it."""
         try:
-            self._installs.put(self._load_and_plan())
+            self._installs.put((generation, target, self._load_and_plan()))
         except ModelLoadError as exc:
-            self._installs.put(str(exc))
+            self._installs.put((generation, target, str(exc)))
         except Exception as exc:  # any failure means the same: not installed, and say why
-            self._installs.put(f"{type(exc).__name__}: {exc}")
+            self._installs.put((generation, target, f"{type(exc).__name__}: {exc}"))
         finally:
             self._loading.release()
             os.write(self._wake_write, b"!")
+
+    def unload(self) -> None:
+        """UNLOAD: stop serving. What is queued or running is still answered by its version,
+        which is freed once done; a load under way is not installed."""
+        if self.runner is not None:
+            self.history.set(self.runner.spec.version, "UNLOADING")
+            log.info("model %s version %d unloaded on request: not ready until loaded again",
+                     self.runner.spec.name, self.runner.spec.version)
+        self.runner, self.layout = None, None
+        self.unloaded, self._generation = True, self._generation + 1
+        self._answer_waiters("the model was unloaded before the load ended")
+        self._retire()
 
     def _load_and_plan(self) -> tuple[ModelRunner, wire.SlotLayout, float]:
         started = time.monotonic()
@@ -126,13 +182,21 @@ class MuleServer:
                 loaded = self._installs.get_nowait()
             except queue.Empty:
                 return
+            generation, target, loaded = loaded
+            if generation != self._generation:  # unloaded while it loaded: not installed
+                if target is not None:
+                    self.history.set(target, "END", "unloaded before it was served")
+                if self._load_waiters:  # asked for again since: load afresh for them
+                    self.reload("asked to after an unload")
+                continue
             if isinstance(loaded, str):
-                self._load_failed(loaded)
+                self._load_failed(loaded, target)
                 continue
             runner, layout, seconds = loaded
             version = runner.spec.version
             if self.runner is not None and version == self.runner.spec.version:
                 log.info("version %d is already served; nothing to switch", version)
+                self._answer_waiters(None)
                 continue
             first = self.runner is None
             if not first and (runner.spec.inputs, runner.spec.outputs) != (self.runner.spec.inputs,
@@ -140,37 +204,62 @@ class MuleServer:
                 log.warning("version %d has another signature than version %d: inputs %s, outputs %s",
                             version, self.runner.spec.version, [(t.name, t.shape, t.dtype) for t in runner.spec.inputs],
                             [(t.name, t.shape, t.dtype) for t in runner.spec.outputs])
+            if not first:
+                self.history.set(self.runner.spec.version, "UNLOADING")
+            self.history.set(version, "AVAILABLE")
             self.models[version] = (runner, layout)
             self.runner, self.layout, self.load_seconds = runner, layout, seconds
             # one buffer per idle model thread, shaped for this version (busy threads get theirs back later)
-            idle = self.settings.model_concurrency if first else len(self._free_buffers)
+            idle = self.settings.model_concurrency - self._batches_running()
             self._free_buffers = [runner.new_buffer() for _ in range(idle)]
             self.policy.max_batch = self._batch_limit(runner)
-            self.error, self.reload_error, self._failed_version = None, None, None
+            self.error, self.reload_error, self._failed, self.unloaded = None, None, None, False
             if not first:
                 self.reloads += 1
                 self.metrics.reloads_ok.inc()
             log.info("mule serving model %s version %d: batches of up to %d rows, %d rows per slot, %d slots",
                      runner.spec.name, version, self.policy.max_batch, layout.rows, self.settings.n_slots)
+            self._answer_waiters(None)
             self._retire()
 
-    def _load_failed(self, error: str) -> None:
+    def _load_failed(self, error: str, target: int | None) -> None:
+        if target is not None:
+            self.history.set(target, "END", error)
+            self._failed = (target, self._changed_at(target))
+        self._answer_waiters(error)
         if self.runner is None:
-            self.error = error
+            self.error, self.unloaded = error, False
             log.error("model failed to load, the server stays not ready: %s", error)
             return
         self.reload_error = error
-        self._failed_version = self._wanted_version()
         self.metrics.reloads_failed.inc()
         log.error("reload failed, version %d keeps serving: %s", self.runner.spec.version, error)
 
+    def _answer_waiters(self, error: str | None) -> None:
+        """Tell whoever asked for the load that just ended how it went."""
+        current = self.runner.spec.version if self.runner is not None else 0
+        for conn in self._load_waiters:
+            self._send(conn, wire.Outcome(wire.RELOAD, current, error).pack())
+        self._load_waiters.clear()
+
     def _retire(self) -> None:
-        """Free every older version that nothing queued or running needs any more."""
+        """Free every version no longer served that nothing queued or running needs any more."""
         queued = {p.version for p in self.policy.queue}
-        for version in [v for v in self.models if v != self.runner.spec.version]:
+        served = self.runner.spec.version if self.runner is not None else None
+        for version in [v for v in self.models if v != served]:
             if not self._running[version] and version not in queued:
                 del self.models[version]
+                self.history.set(version, "END")
+                gc.collect()  # a Keras model holds reference cycles: free it now, not at some later collection
                 log.info("version %d unloaded", version)
+
+    def _batches_running(self) -> int:
+        return sum(self._running.values())
+
+    def _not_ready_reason(self) -> str:
+        if self.unloaded:
+            return UNLOADED_REASON
+        return not_ready_reason(self.error)
 
     def _wanted_version(self) -> int | None:
         """The version MODEL_PATH says to serve now, or None if it names none."""
@@ -181,13 +270,21 @@ class MuleServer:
             return None
 
     def _watch_versions(self) -> None:
-        """MODEL_POLL_S: reload when the directory's version to serve is not the one served."""
+        """MODEL_POLL_S: reload when the directory's version to serve is not the one served (and
+        not one that failed as its files are now). A server whose first load failed (say, started
+        before any version was there) becomes ready this way; an unloaded one stays unloaded."""
         while not self._stop:
             time.sleep(self.settings.model_poll_s)
             wanted = self._wanted_version()
             current = self.runner.spec.version if self.runner is not None else None
-            if current is not None and wanted not in (None, current, self._failed_version):
-                self.reload(f"version {wanted} appeared in {self.settings.model_path}")
+            if wanted in (None, current) or (current is None and (self.unloaded or self.error is None)):
+                continue
+            if self._failed is not None and self._failed == (wanted, self._changed_at(wanted)):
+                continue
+            self.reload(f"version {wanted} appeared in {self.settings.model_path}")
+
+    def _changed_at(self, version: int) -> float:
+        return versions.changed_at(self.settings.model_path, version)
 
     def _batch_limit(self, runner: ModelRunner) -> int:
         """MAX_BATCH_SIZE, or with BATCH_AUTOTUNE the batch size that costs least per row."""
@@ -235,8 +332,8 @@ class MuleServer:
         self._finish_completed()
         self._install_loaded()
         self._next_wait = None
-        if self.runner is None or not self._free_buffers:
-            return  # a finished batch or a message wakes the loop
+        if not self.models or not self._free_buffers:
+            return  # a finished batch or a message wakes the loop (unloaded: the queue still drains)
         decision = self.policy.decide(time.monotonic())
         for pending in decision.expired:
             self.counts["expired"] += 1
@@ -287,7 +384,11 @@ class MuleServer:
             elif message[0] == wire.STATUS:
                 self._send(conn, self.status().pack())
             elif message[0] == wire.RELOAD:
-                self.reload("asked to")
+                self.unloaded = False  # "loading" from now on, not "unloaded"
+                self.reload("asked to", waiter=conn)
+            elif message[0] == wire.UNLOAD:
+                self.unload()
+                self._send(conn, wire.Outcome(wire.UNLOAD).pack())
 
     def _enqueue(self, conn: socket.socket, message: bytes) -> None:
         slot, seq, rows, deadline, version, dims = wire.unpack_infer(message)
@@ -298,7 +399,7 @@ class MuleServer:
             self.metrics.shed_deadline.inc()
             self._reply(pending, wire.EXPIRED, message="deadline passed before the model was reached")
         elif self.runner is None:
-            self._reply(pending, wire.NOT_READY, message=not_ready_reason(self.error))
+            self._reply(pending, wire.NOT_READY, message=self._not_ready_reason())
         elif version not in self.models:
             self._reply(pending, wire.STALE, message=f"version {version} is no longer loaded")
         elif slot >= self.settings.n_slots or not self._valid(pending):
@@ -362,10 +463,11 @@ class MuleServer:
             version = batch[0].version
             runner, layout = self.models[version]
             self._running[version] -= 1
-            fits = runner is self.runner and not runner.spec.is_variable
+            # unloaded: any buffer will do, the next load replaces them all
+            fits = (runner is self.runner and not runner.spec.is_variable) or self.runner is None
             self._free_buffers.append(buffer if fits else self.runner.new_buffer())
             self.rows_in_flight -= total
-            if len(self._free_buffers) == self.settings.model_concurrency:
+            if not self._batches_running():
                 self._guard(0)
             if error is not None:
                 self.counts["failed"] += len(batch)
@@ -433,14 +535,15 @@ class MuleServer:
             batch_limit=self.policy.max_batch,
             batch_cost_ms={str(k): round(v, 2) for k, v in runner.batch_costs_ms.items()} if runner else {},
             model_concurrency=self.settings.model_concurrency,
-            batches_in_flight=self.settings.model_concurrency - len(self._free_buffers) if runner else 0,
+            batches_in_flight=self._batches_running(),
             rows_in_flight=self.rows_in_flight,
             load_seconds=round(self.load_seconds, 3),
             warmup_seconds=round(runner.warmup_seconds, 3) if runner else 0.0,
             reloads=self.reloads,
             reload_error=self.reload_error,
+            versions=self.history.as_list(),
         )
-        state = "ready" if runner else ("failed" if self.error else "loading")
+        state = "ready" if runner else ("failed" if self.error else ("unloaded" if self.unloaded else "loading"))
         return wire.MuleStatus(state, stats, self.error, runner.spec if runner else None, self.layout)
 
 

@@ -18,6 +18,10 @@ from pathlib import Path
 MODEL_SUFFIXES = (".keras", ".h5")
 
 
+class NotSettled(FileNotFoundError):
+    """No version is complete yet, but one holds a model whose files are still changing."""
+
+
 @dataclass(frozen=True)
 class Version:
     number: int
@@ -50,7 +54,8 @@ def complete_versions(root: Path, settle_s: float, now: float | None = None) -> 
 
 def choose(root: Path, pin: int, settle_s: float) -> Version:
     """The version to serve: the pinned one (MODEL_VERSION > 0) or the highest complete one. A
-    plain model is version 1. Raises FileNotFoundError saying what is missing."""
+    plain model is version 1. Raises FileNotFoundError saying what is missing, NotSettled if
+    the only candidates are still being copied."""
     if not is_versioned(root):
         if pin not in (0, 1):
             raise FileNotFoundError(f"MODEL_VERSION={pin}, but MODEL_PATH {root} is a single model (version 1)")
@@ -59,10 +64,22 @@ def choose(root: Path, pin: int, settle_s: float) -> Version:
     if pin:
         versions = [v for v in versions if v.number == pin]
     if not versions:
+        copying = [n for n, directory in sorted(_numbered(root)) if (not pin or n == pin) and model_in(directory)]
+        if copying:
+            raise NotSettled(f"version {copying[-1]} in {root} changed less than {settle_s:g} s ago (MODEL_SETTLE_S):"
+                             " waiting for the copy to end")
         wanted = f"version {pin}" if pin else "a complete version"
         raise FileNotFoundError(f"MODEL_PATH {root} has no {wanted} (a numbered directory holding one"
                                 f" .keras/.h5 file or a SavedModel, unchanged for {settle_s:g} s)")
     return versions[-1]
+
+
+def changed_at(root: Path, number: int) -> float:
+    """When version `number`'s files last changed (0 if it is gone or `root` holds no versions)."""
+    try:
+        return _newest_change(root / str(number)) if is_versioned(root) else 0.0
+    except FileNotFoundError:
+        return 0.0
 
 
 def _numbered(root: Path):

@@ -27,7 +27,10 @@ INFER = 1  # payload: slot, seq, rows, deadline (CLOCK_MONOTONIC seconds, shared
 #            the model version the rows were written for, then the sizes of the inputs' variable
 #            dimensions (uint32 each), if the model has any
 STATUS = 2  # no payload; the mule answers with MuleStatus.pack()
-RELOAD = 4  # no payload, no answer: load the version to serve now beside the current one, then switch
+RELOAD = 4  # no payload: load the version to serve now beside the current one, then switch; answered
+#             with Outcome once the load has ended (the launcher's SIGHUP does not wait for it)
+UNLOAD = 5  # no payload: stop serving the model (what is queued or running is answered first);
+#             answered with Outcome at once
 # mule -> worker: REPLY answers INFER
 REPLY = 3  # payload: seq, code, batch size, compute ms, the version served now, the outputs'
 #            variable sizes, a message
@@ -48,6 +51,23 @@ def unpack_infer(message: bytes) -> tuple[int, int, int, float, int, tuple[int, 
     _, slot, seq, rows, deadline, version = _INFER.unpack_from(message)
     dims = struct.unpack_from(f"<{(len(message) - _INFER.size) // 4}I", message, _INFER.size)
     return slot, seq, rows, deadline, version, dims
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The answer to RELOAD or UNLOAD: the version served afterwards (0: none) and what went wrong."""
+
+    kind: int  # RELOAD or UNLOAD
+    version: int = 0
+    error: str | None = None
+
+    def pack(self) -> bytes:
+        return bytes([self.kind]) + json.dumps({"version": self.version, "error": self.error}).encode()
+
+    @classmethod
+    def unpack(cls, message: bytes) -> Outcome:
+        data = json.loads(message[1:])
+        return cls(message[0], data["version"], data["error"])
 
 
 @dataclass(frozen=True)
@@ -216,6 +236,9 @@ class MuleStats:
     warmup_seconds: float = 0.0
     reloads: int = 0  # versions installed after the first
     reload_error: str | None = None  # why the last reload failed (the current version kept serving)
+    # what became of each version, newest first, as TF Serving's version status tells it:
+    # {"version", "state" (LOADING, AVAILABLE, UNLOADING, END), "error"}
+    versions: list[dict] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

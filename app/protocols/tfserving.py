@@ -38,18 +38,20 @@ def list_models():
 @bp.get("/v1/models/<name>")
 @bp.get("/v1/models/<name>/versions/<version>")
 def model_status(name: str, version: str | None = None):
-    """TF Serving's version status, with KServe v1's `name` and `ready`; 503 while not ready, so it
-    doubles as KServe's model readiness probe."""
-    status = serving.backend().status()
-    serving.check_model(name, version, status.spec)
-    state, code, message = {
-        "ready": ("AVAILABLE", "OK", ""),
-        "loading": ("LOADING", "OK", ""),
-    }.get(status.state, ("END", "UNKNOWN", status.error or ""))
+    """TF Serving's version status (every version the server knows of: the one served, one
+    loading, older ones ended, failed loads with their error), with KServe v1's `name` and
+    `ready`; 503 while not ready, so it doubles as KServe's model readiness probe."""
+    serving.check_model(name)
+    status = serving.backend().status(fresh=True)
+    versions = status.version_states()
+    if version is not None:
+        versions = [v for v in versions if str(v["version"]) == version]
+        if not versions:
+            raise ApiError(404, "version_not_found", f"model {name!r} has no version {version!r}")
     response = jsonify(
         name=name, ready=status.ready,
-        model_version_status=[{"version": str(status.spec.version if status.spec else 1), "state": state,
-                               "status": {"error_code": code, "error_message": message}}],
+        model_version_status=[{"version": str(v["version"]), "state": v["state"], "status": {
+            "error_code": "UNKNOWN" if v["error"] else "OK", "error_message": v["error"]}} for v in versions],
     )
     return serving.readiness(response, status.ready)
 

@@ -40,13 +40,13 @@ def live():
 
 @bp.get("/v2/health/ready")
 def ready():
-    return _readiness(serving.backend().status().ready)
+    return _readiness(serving.backend().status(fresh=True).ready)
 
 
 @bp.get("/v2/models/<name>/ready")
 @bp.get("/v2/models/<name>/versions/<version>/ready")
 def model_ready(name: str, version: str | None = None):
-    status = serving.backend().status()
+    status = serving.backend().status(fresh=True)
     serving.check_model(name, version, status.spec)
     return _readiness(status.ready)
 

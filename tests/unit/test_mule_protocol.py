@@ -15,7 +15,7 @@ import pytest
 
 from app.config import Settings
 from app.inference import wire
-from app.inference.backend import DeadlineExceeded, NotReady, TooLarge, Unavailable
+from app.inference.backend import UNLOADED_REASON, DeadlineExceeded, LoadFailed, NotReady, TooLarge, Unavailable
 from app.inference.model_runner import ModelLoadError, ModelRunner
 from app.inference.spec import ModelSpec, TensorSpec
 from tests.doubles import (
@@ -25,6 +25,7 @@ from tests.doubles import (
     ToyModel,
     in_worker_threads,
     mule_settings,
+    version_dir,
 )
 from tools.local_server import wait_for
 
@@ -334,7 +335,8 @@ def test_a_reload_switches_between_batches_and_loses_nothing(tmp_path):
         spec, model = runners.pop(0)
         return ModelRunner(spec, model, settings.batch_buckets)
 
-    harness = MuleHarness(mule_settings(tmp_path, workers=3), load, old)
+    root = version_dir(tmp_path / "versions", 1)
+    harness = MuleHarness(mule_settings(tmp_path, workers=3, model_path=root, model_settle_s=0), load, old)
     try:
         clients = [harness.client(0), harness.client(1)]
         idle = harness.client(2)  # learns version 1 now and says nothing until version 1 is gone
@@ -344,6 +346,7 @@ def test_a_reload_switches_between_batches_and_loses_nothing(tmp_path):
 
         def reload_while_held():
             harness.wait_until(everyone_in(8), "8 requests in the model or queued behind it")
+            version_dir(root, 2)
             assert harness.server.reload("test")
             harness.wait_until(lambda server: server.runner.spec.version == 2, "version 2 installed")
             assert set(harness.server.models) == {1, 2}  # 1 still has work
@@ -374,10 +377,12 @@ def test_a_failed_reload_keeps_the_current_version_serving(tmp_path):
             raise ModelLoadError("version 2 is broken")
         return ModelRunner(TOY_SPEC, ToyModel(), settings.batch_buckets)
 
-    harness = MuleHarness(mule_settings(tmp_path), load)
+    root = version_dir(tmp_path / "versions", 1)
+    harness = MuleHarness(mule_settings(tmp_path, model_path=root, model_settle_s=0), load)
     try:
         client = harness.client()
         harness.wait_ready()
+        version_dir(root, 2)
         assert harness.server.reload("test")
         harness.wait_until(lambda server: server.reload_error is not None, "the reload to fail")
         status = client.status(fresh=True)
@@ -392,12 +397,14 @@ def test_a_version_with_other_inputs_is_served_and_the_change_logged(tmp_path, c
     wider = dataclasses.replace(TOY_SPEC, version=2, inputs=(TensorSpec("input", (6,), "float32"),),
                                 outputs=(TensorSpec("sum", (1,), "float32"), TensorSpec("double", (6,), "float32")))
     specs = [TOY_SPEC, wider]
-    harness = MuleHarness(mule_settings(tmp_path, workers=3),
+    root = version_dir(tmp_path / "versions", 1)
+    harness = MuleHarness(mule_settings(tmp_path, workers=3, model_path=root, model_settle_s=0),
                           lambda s: ModelRunner(specs.pop(0), ToyModel(), s.batch_buckets))
     try:
         old = harness.client(0)
         harness.wait_ready()
         assert old.status().spec.version == 1
+        version_dir(root, 2)
         with caplog.at_level("WARNING", logger="app.inference.mule_server"):
             assert harness.server.reload("test")
             harness.wait_until(lambda server: set(server.models) == {2}, "version 2 alone")
@@ -406,4 +413,129 @@ def test_a_version_with_other_inputs_is_served_and_the_change_logged(tmp_path, c
             old.predict([np.ones((1, 4), dtype=np.float32)], deadline())
         assert harness.client(1).predict([np.ones((1, 6), dtype=np.float32)], deadline()).outputs[1].shape == (1, 6)
     finally:
+        harness.close()
+
+
+def versioned_loader(models: dict[int, ToyModel], calls: list[int]):
+    """Loads what the directory names, as load_runner does: the highest version, its own model."""
+    def load(settings: Settings) -> ModelRunner:
+        from app.inference import versions  # noqa: PLC0415
+
+        number = versions.choose(settings.model_path, settings.model_version, settings.model_settle_s).number
+        calls.append(number)
+        if number not in models:
+            raise ModelLoadError(f"version {number} is broken")
+        return ModelRunner(dataclasses.replace(TOY_SPEC, version=number), models[number], settings.batch_buckets)
+
+    return load
+
+
+def test_load_answers_once_the_new_version_serves_and_a_served_version_is_not_loaded_again(tmp_path):
+    root = version_dir(tmp_path / "versions", 1)
+    calls: list[int] = []
+    harness = MuleHarness(mule_settings(tmp_path, model_path=root, model_settle_s=0),
+                          versioned_loader({1: ToyModel(), 2: Shifted()}, calls))
+    try:
+        client = harness.client()
+        harness.wait_ready()
+        assert client.load(deadline()) == 1 and calls == [1]  # nothing new: answered at once, no load
+        version_dir(root, 2)
+        assert client.load(deadline()) == 2 and calls == [1, 2]
+        assert client.predict([np.ones((1, 4), dtype=np.float32)], deadline()).outputs[0][0, 0] == 104.0
+        harness.wait_until(lambda server: set(server.models) == {2}, "version 1 freed")
+        status = client.status(fresh=True)
+        assert [(v["version"], v["state"]) for v in status.versions] == [(2, "AVAILABLE"), (1, "END")]
+        assert status.stats["reloads"] == 1
+    finally:
+        harness.close()
+
+
+def test_a_failed_load_says_why_and_the_served_version_stays(tmp_path):
+    root = version_dir(tmp_path / "versions", 1)
+    calls: list[int] = []
+    harness = MuleHarness(mule_settings(tmp_path, model_path=root, model_settle_s=0),
+                          versioned_loader({1: ToyModel()}, calls))
+    try:
+        client = harness.client()
+        harness.wait_ready()
+        version_dir(root, 2)
+        with pytest.raises(LoadFailed, match="version 2 is broken; version 1 keeps serving"):
+            client.load(deadline())
+        status = client.status(fresh=True)
+        assert status.ready and status.spec.version == 1
+        assert status.versions == [{"version": 2, "state": "END", "error": "version 2 is broken"},
+                                   {"version": 1, "state": "AVAILABLE", "error": ""}]
+        assert client.predict([np.ones((1, 4), dtype=np.float32)], deadline()).version == 1
+    finally:
+        harness.close()
+
+
+def test_unload_answers_what_is_queued_then_refuses_until_loaded_again(tmp_path):
+    root = version_dir(tmp_path / "versions", 1)
+    model = ToyModel(held=True)
+    calls: list[int] = []
+    harness = MuleHarness(mule_settings(tmp_path, workers=3, model_path=root, model_settle_s=0),
+                          versioned_loader({1: model}, calls), model)
+    try:
+        clients, admin = [harness.client(0), harness.client(1)], harness.client(2)
+        harness.wait_ready()
+        rows = [np.full((1, 4), i, dtype=np.float32) for i in range(8)]
+
+        def unload_while_held():
+            harness.wait_until(everyone_in(8), "8 requests in the model or queued behind it")
+            admin.unload()
+            assert admin.status(fresh=True).state == "unloaded"
+            model.release()
+
+        results = in_worker_threads(clients, 4, lambda client, i: client.predict([rows[i]], deadline()),
+                                    meanwhile=unload_while_held)
+        assert [r.outputs[0][0, 0] for r in results] == [4.0 * i for i in range(8)]  # all answered
+        harness.wait_until(lambda server: not server.models, "version 1 freed")
+        with pytest.raises(NotReady, match=UNLOADED_REASON):
+            admin.predict([rows[0]], deadline())
+        status = admin.status(fresh=True)
+        assert not status.ready and status.reason == UNLOADED_REASON
+        assert status.versions == [{"version": 1, "state": "END", "error": ""}]
+        assert admin.load(deadline()) == 1 and calls == [1, 1]
+        assert admin.predict([rows[3]], deadline()).outputs[0][0, 0] == 12.0
+    finally:
+        harness.close()
+
+
+def test_an_unload_while_loading_wins(tmp_path):
+    root = version_dir(tmp_path / "versions", 1)
+    gate, calls = threading.Event(), []
+    plain = versioned_loader({1: ToyModel(), 2: Shifted()}, calls)
+
+    def load(settings: Settings) -> ModelRunner:
+        if calls:  # the second load waits until the test has unloaded
+            gate.wait(WAIT_S)
+        return plain(settings)
+
+    harness = MuleHarness(mule_settings(tmp_path, model_path=root, model_settle_s=0), load)
+    try:
+        client, admin = harness.client(0), harness.client(1)
+        harness.wait_ready()
+        version_dir(root, 2)
+        outcome: list[BaseException] = []
+
+        def load_in_background() -> None:
+            try:
+                client.load(deadline())
+            except LoadFailed as exc:
+                outcome.append(exc)
+
+        loading = threading.Thread(target=load_in_background)
+        loading.start()
+        harness.wait_until(lambda server: server._load_waiters, "the load asked for")
+        admin.unload()
+        loading.join(WAIT_S)
+        assert len(outcome) == 1 and "unloaded before the load ended" in str(outcome[0])
+        gate.set()
+        harness.wait_until(lambda server: server.history.as_list()[0]["error"], "the finished load discarded")
+        status = admin.status(fresh=True)
+        assert status.state == "unloaded" and harness.server.models == {}
+        assert status.versions[0] == {"version": 2, "state": "END", "error": "unloaded before it was served"}
+    finally:
+        gate.set()
         harness.close()

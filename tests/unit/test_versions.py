@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from app.inference.versions import choose, complete_versions, is_versioned
+from app.inference.versions import NotSettled, changed_at, choose, complete_versions, is_versioned
 
 SETTLE_S = 2
 
@@ -61,3 +61,16 @@ def test_a_pinned_version_is_served_or_the_error_says_which(tmp_path):
     assert choose(tmp_path, 1, SETTLE_S).number == 1
     with pytest.raises(FileNotFoundError, match="no version 7"):
         choose(tmp_path, 7, SETTLE_S)
+
+
+def test_only_versions_still_being_copied_say_so_and_when_they_changed(tmp_path):
+    version(tmp_path, 1, age_s=0)
+    with pytest.raises(NotSettled, match=r"version 1 .* changed less than"):
+        choose(tmp_path, 0, SETTLE_S)
+    with pytest.raises(NotSettled):
+        choose(tmp_path, 1, SETTLE_S)
+    with pytest.raises(FileNotFoundError, match="no version 2") as missing:
+        choose(tmp_path, 2, SETTLE_S)  # pinned to a version that is not there at all: no waiting
+    assert not isinstance(missing.value, NotSettled)
+    assert abs(changed_at(tmp_path, 1) - time.time()) < 60
+    assert changed_at(tmp_path, 5) == 0.0 and changed_at(tmp_path / "1" / "model.keras", 1) == 0.0
