@@ -27,7 +27,7 @@ RUN set -eux; \
     rm -rf /var/lib/apt/lists/* /root/.cache; \
     /opt/venv/bin/uwsgi --version; \
     /usr/sbin/nginx -v; \
-    useradd --system --user-group --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin kerasrv
+    useradd --system --uid 10001 --user-group --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin kerasrv
 
 # As root, app.launch runs uWSGI and the nginx workers as this user; supervisord and the nginx
 # master stay root (port 80). RUNTIME_DIR holds the sockets, pid files and the rendered nginx.conf.

@@ -8,6 +8,7 @@ so each setting is derived in one place (app/config.py) and nowhere else.
 
 from __future__ import annotations
 
+import argparse
 import grp
 import os
 import pwd
@@ -166,10 +167,26 @@ def _pipe_if_socket(fd: int) -> int | None:
     return write_end
 
 
+def kserve_arguments(argv: list[str], env: dict[str, str]) -> dict[str, str]:
+    """The environment with KServe's predictor arguments applied: its ServingRuntimes pass
+    `--model_name={{.Name}} --model_dir=/mnt/models --http_port=8080`. Everything else is set by
+    environment variables only; an unknown argument stops the launch with a usage message."""
+    parser = argparse.ArgumentParser(prog="python -m app.launch", description="Serve a Keras model"
+                                     " (settings: environment variables, see README.md).")
+    parser.add_argument("--model_name", help="MODEL_NAME")
+    parser.add_argument("--model_dir", help="MODEL_PATH")
+    parser.add_argument("--http_port", type=int, help="PORT")
+    args = parser.parse_args(argv)
+    given = {"MODEL_NAME": args.model_name, "MODEL_PATH": args.model_dir,
+             "PORT": None if args.http_port is None else str(args.http_port)}
+    return {**env, **{name: value for name, value in given.items() if value is not None}}
+
+
 def main() -> int:
+    env = kserve_arguments(sys.argv[1:], dict(os.environ))
     try:
-        settings = Settings.from_env()
-        env = prepare(settings, dict(os.environ))
+        settings = Settings.from_env(env)
+        env = prepare(settings, env)
     except ConfigError as exc:
         print(f"kerasrv: configuration error: {exc}", file=sys.stderr)
         return 2

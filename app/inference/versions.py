@@ -1,7 +1,8 @@
 """Which model file to load: TF Serving's layout of numbered version directories, or a plain model.
 
-MODEL_PATH may name a model (a .keras or .h5 file, or a SavedModel directory), served as version
-1, or a directory whose numeric subdirectories are versions (`/models/resnet/1/`, `.../2/`), each
+MODEL_PATH may name a model (a .keras or .h5 file, a SavedModel directory, or a directory holding
+one .keras/.h5 file, as KServe's /mnt/models does), served as version 1, or a directory whose
+numeric subdirectories are versions (`/models/resnet/1/`, `.../2/`), each
 holding one .keras/.h5 file or a SavedModel. The highest complete version is served, unless
 MODEL_VERSION pins one. No TensorFlow here: the launcher and the workers may import it.
 
@@ -59,7 +60,11 @@ def choose(root: Path, pin: int, settle_s: float) -> Version:
     if not is_versioned(root):
         if pin not in (0, 1):
             raise FileNotFoundError(f"MODEL_VERSION={pin}, but MODEL_PATH {root} is a single model (version 1)")
-        return Version(1, root)
+        model = model_in(root) if root.is_dir() else root  # a directory may hold one model (KServe's /mnt/models)
+        if model is None:
+            raise FileNotFoundError(f"MODEL_PATH {root} holds no model: one .keras/.h5 file, a SavedModel or"
+                                    " numbered version directories")
+        return Version(1, model)
     versions = complete_versions(root, settle_s)
     if pin:
         versions = [v for v in versions if v.number == pin]

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from app.config import PROJECT_ROOT, Settings
-from app.launch import prepare, render_nginx
+from app.launch import kserve_arguments, prepare, render_nginx
 from tests.doubles import self_signed_cert
 
 NGINX = shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if Path(p).exists()),
@@ -141,3 +141,15 @@ def test_nginx_t_catches_a_broken_config(prepared):
         [NGINX, "-t", "-c", str(broken), "-p", str(runtime)], capture_output=True, text=True, timeout=30, check=False
     )
     assert result.returncode != 0
+
+
+def test_kserve_arguments_set_what_they_name_and_nothing_else():
+    env = {"MODEL_NAME": "old", "WORKERS": "3"}
+    applied = kserve_arguments(["--model_name=resnet", "--model_dir=/mnt/models", "--http_port", "8080"], env)
+    assert applied == {"MODEL_NAME": "resnet", "MODEL_PATH": "/mnt/models", "PORT": "8080", "WORKERS": "3"}
+    assert kserve_arguments([], env) == env
+    with pytest.raises(SystemExit) as refused:  # argparse's usage message on stderr, exit 2
+        kserve_arguments(["--grpc_port=9000"], env)
+    assert refused.value.code == 2
+    with pytest.raises(SystemExit):
+        kserve_arguments(["--http_port=eighty"], env)

@@ -74,3 +74,11 @@ def test_only_versions_still_being_copied_say_so_and_when_they_changed(tmp_path)
     assert not isinstance(missing.value, NotSettled)
     assert abs(changed_at(tmp_path, 1) - time.time()) < 60
     assert changed_at(tmp_path, 5) == 0.0 and changed_at(tmp_path / "1" / "model.keras", 1) == 0.0
+
+
+def test_a_directory_holding_one_model_file_serves_it(tmp_path):
+    (tmp_path / "resnet.keras").write_bytes(b"weights")  # as KServe's storage initializer leaves /mnt/models
+    assert choose(tmp_path, 0, SETTLE_S).path == tmp_path / "resnet.keras"
+    (tmp_path / "other.h5").write_bytes(b"weights")
+    with pytest.raises(FileNotFoundError, match="holds no model"):  # two: which one is meant?
+        choose(tmp_path, 0, SETTLE_S)
