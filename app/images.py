@@ -17,6 +17,11 @@ from app.errors import ApiError
 # Pillow's own bomb check is a safety net; our explicit check below gives the clear error.
 Image.MAX_IMAGE_PIXELS = None
 
+# Every format Pillow reads but EPS, whose decoder runs Ghostscript (an interpreter of untrusted
+# PostScript, with a history of code-execution bugs): an EPS upload is answered 415.
+Image.init()
+READABLE_FORMATS = tuple(sorted(name for name in Image.OPEN if name != "EPS"))
+
 _SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 
 
@@ -35,7 +40,7 @@ def decode_image(
     if not data:
         raise ApiError(400, "empty_image", "the image is empty (0 bytes)")
     try:
-        image = Image.open(io.BytesIO(data))
+        image = Image.open(io.BytesIO(data), formats=READABLE_FORMATS)
     except UnidentifiedImageError:
         raise ApiError(
             415, "unsupported_image", "the upload is not an image format this server can read"

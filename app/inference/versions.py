@@ -73,7 +73,7 @@ def choose(root: Path, pin: int, settle_s: float) -> Version:
         if copying:
             raise NotSettled(f"version {copying[-1]} in {root} changed less than {settle_s:g} s ago (MODEL_SETTLE_S):"
                              " waiting for the copy to end")
-        wanted = f"version {pin}" if pin else "a complete version"
+        wanted = f"version {pin}" if pin else "complete version"
         raise FileNotFoundError(f"MODEL_PATH {root} has no {wanted} (a numbered directory holding one"
                                 f" .keras/.h5 file or a SavedModel, unchanged for {settle_s:g} s)")
     return versions[-1]

@@ -274,3 +274,26 @@ def test_ten_reloads_leave_no_model_copies_behind(start_server, versions):
         after[number - 1] = mule_rss_mb(server.url)
     print(f"mule RSS after reloads (MB): {after}")
     assert after[10] <= after[1] * 1.10, after
+
+
+def test_a_server_started_before_its_model_waits_or_recovers(start_server, versions):
+    """Started on an empty directory it fails (not ready, saying why) and, with polling, becomes
+    ready once a version arrives; started beside a copy still under way it waits for the copy."""
+    server = start_server({"MODEL_PATH": str(versions), "MODEL_NAME": "adder", "MODEL_POLL_S": "1",
+                           "MODEL_SETTLE_S": "1"}, wait_ready=False, name="reload-empty")
+    failed = server.wait_state("failed")
+    assert "holds no model" in failed["error"], failed
+    add_version(versions, 1)
+    server.wait_state("ready")
+    assert served(server.url) == "1"
+
+    fresh = world_readable_dir("kerasrv-versions-")
+    try:
+        add_version(fresh, 1)  # written just now: it settles 8 s from now
+        late = start_server({"MODEL_PATH": str(fresh), "MODEL_NAME": "adder", "MODEL_SETTLE_S": "8"},
+                            wait_ready=False, name="reload-settling")
+        wait_for(lambda: "waiting for the copy to end" in late.log(), 60, "the mule waiting for the copy")
+        assert late.wait_state("ready")["state"] == "ready"
+        assert served(late.url) == "1"
+    finally:
+        shutil.rmtree(fresh, ignore_errors=True)
