@@ -9,21 +9,28 @@
 # for in-flight requests (up to REQUEST_TIMEOUT_MS + 10 s; supervisord gives each program 60 s):
 # allow more than Docker's default 10 s, e.g. `docker run --stop-timeout 90` or `docker stop -t 90`
 # (Kubernetes: terminationGracePeriodSeconds), as systemd/kerasrv.service does.
-FROM python:3.11-slim-bookworm
+FROM debian:bookworm-slim
 
 # Empty: tensorflow-cpu from requirements.txt. For the GPU image, e.g. "tensorflow[and-cuda]==2.21.0"
 # (scripts/install.sh swaps it in, with the same pins for everything else).
 ARG TF_PACKAGE=
 
-# The same install as `make run`: scripts/install.sh apt-installs nginx, gcc and libc6-dev (uWSGI
-# builds from source) and pip-installs the pinned requirements into the venv. Copied on its own
-# first so that this layer is rebuilt only when the requirements or the script change. The
-# compiler is purged in the same layer, once uWSGI is built, to keep the image slim.
+# Python from Debian (the same python3.11 as the base of `make run` on bookworm). The same install
+# as `make run`: scripts/install.sh apt-installs nginx, gcc, libc6-dev and the Python headers
+# (uWSGI builds from source) and pip-installs the pinned requirements into the venv. Copied on its
+# own first so that this layer is rebuilt only when the requirements or the script change. The
+# build tools are purged in the same layer, once uWSGI is built; libpython3.11, which uWSGI links
+# to, is marked manual first, or --auto-remove would take it with python3.11-dev.
 COPY requirements.txt requirements-dev.txt /app/
 COPY scripts/install.sh /app/scripts/install.sh
+# Unpinned apt packages on purpose: bookworm's security updates should reach a rebuilt image.
+# hadolint ignore=DL3008
 RUN set -eux; \
+    apt-get update; \
+    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends python3 python3-venv ca-certificates; \
     TF_PACKAGE="${TF_PACKAGE}" VENV=/opt/venv PIP_NO_CACHE_DIR=1 bash /app/scripts/install.sh; \
-    apt-get purge -y --auto-remove gcc libc6-dev; \
+    apt-mark manual libpython3.11; \
+    apt-get purge -y --auto-remove gcc libc6-dev python3.11-dev; \
     rm -rf /var/lib/apt/lists/* /root/.cache; \
     /opt/venv/bin/uwsgi --version; \
     /usr/sbin/nginx -v; \
