@@ -124,7 +124,7 @@ class MuleServer:
         if not self._loading.acquire(blocking=False):
             return False
         target = self._wanted_version()
-        if self.runner is not None and target == self.runner.spec.version:
+        if target is not None and target == self.served_version:
             self._loading.release()
             log.info("version %d is already served; nothing to load (%s)", target, reason)
             if waiter is not None:  # only the loop passes one: the list is the loop's
@@ -194,7 +194,7 @@ class MuleServer:
                 continue
             runner, layout, seconds = loaded
             version = runner.spec.version
-            if self.runner is not None and version == self.runner.spec.version:
+            if version == self.served_version:
                 log.info("version %d is already served; nothing to switch", version)
                 self._answer_waiters(None)
                 continue
@@ -237,21 +237,24 @@ class MuleServer:
 
     def _answer_waiters(self, error: str | None) -> None:
         """Tell whoever asked for the load that just ended how it went."""
-        current = self.runner.spec.version if self.runner is not None else 0
         for conn in self._load_waiters:
-            self._send(conn, wire.Outcome(wire.RELOAD, current, error).pack())
+            self._send(conn, wire.Outcome(wire.RELOAD, self.served_version or 0, error).pack())
         self._load_waiters.clear()
 
     def _retire(self) -> None:
         """Free every version no longer served that nothing queued or running needs any more."""
         queued = {p.version for p in self.policy.queue}
-        served = self.runner.spec.version if self.runner is not None else None
-        for version in [v for v in self.models if v != served]:
+        for version in [v for v in self.models if v != self.served_version]:
             if not self._running[version] and version not in queued:
                 del self.models[version]
                 self.history.set(version, "END")
                 gc.collect()  # a Keras model holds reference cycles: free it now, not at some later collection
                 log.info("version %d unloaded", version)
+
+    @property
+    def served_version(self) -> int | None:
+        """The version new requests go to; None before the first load and after an unload."""
+        return self.runner.spec.version if self.runner is not None else None
 
     def _batches_running(self) -> int:
         return sum(self._running.values())
@@ -276,7 +279,7 @@ class MuleServer:
         while not self._stop:
             time.sleep(self.settings.model_poll_s)
             wanted = self._wanted_version()
-            current = self.runner.spec.version if self.runner is not None else None
+            current = self.served_version
             if wanted in (None, current) or (current is None and (self.unloaded or self.error is None)):
                 continue
             if self._failed is not None and self._failed == (wanted, self._changed_at(wanted)):
@@ -501,8 +504,8 @@ class MuleServer:
 
     def _reply(self, pending: Pending, code: int, batch_size: int = 0, compute_ms: float = 0.0, *,
                message: str = "", dims: tuple[int, ...] = ()) -> None:
-        current = self.runner.spec.version if self.runner is not None else 0
-        self._send(pending.conn, wire.Reply(pending.seq, code, batch_size, compute_ms, dims, message, current).pack())
+        self._send(pending.conn, wire.Reply(pending.seq, code, batch_size, compute_ms, dims, message,
+                                            self.served_version or 0).pack())
 
     def _send(self, conn: socket.socket, data: bytes) -> None:
         try:
