@@ -208,9 +208,12 @@ def main() -> int:
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
         signal.signal(signum, forward)
     # SIGHUP re-reads what can change without a restart (the TLS certificate, the model version);
-    # supervisord's own SIGHUP would restart every process
+    # supervisord's own SIGHUP would restart every process. Without TLS nginx has nothing to
+    # re-read, and a reload would close every idle keep-alive connection: a client's request
+    # crossing that close on the wire fails.
     def reread(_signum, _frame):
-        tls.reload_nginx(settings.runtime_dir)
+        if settings.tls_cert_file is not None:
+            tls.reload_nginx(settings.runtime_dir)
         if settings.inference_mode == "mule":
             ask_mule_to_reload(settings)
 

@@ -43,15 +43,21 @@ fi
 chown -R root:root "$dest"
 chmod -R go+rX,go-w "$dest"
 
-# 2. The service user (uWSGI and the nginx workers run as it; see KERASRV_USER).
+# 2. The service user: the unit runs everything as it (User=kerasrv).
 if ! id -u "$user" >/dev/null 2>&1; then
     echo "install: create system user $user"
     useradd --system --user-group --no-create-home --home-dir /nonexistent \
         --shell /usr/sbin/nologin "$user"
 fi
 
-# 3. nginx, gcc and the venv: the same script as `make run` and the Docker image.
+# 3. nginx, gcc and the venv: the same script as `make run` and the Docker image. And procps:
+# the unit's ExecReload runs /bin/kill (on every standard install, but not in minimal images).
 VENV="$dest/.venv" "$dest/scripts/install.sh"
+if [ ! -x /bin/kill ]; then
+    echo "install: apt-get install procps"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends procps >/dev/null
+fi
 
 # Debian's nginx package enables and starts its own nginx.service, which listens on port 80 and
 # would keep kerasrv from binding it. kerasrv only needs the binary: stop that service if this

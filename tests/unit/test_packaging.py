@@ -229,7 +229,9 @@ def test_unit_runs_the_launcher_from_the_installed_tree():
     assert int(service["TimeoutStopSec"]) >= 60
     assert service["Restart"] == "on-failure"
     assert service["ExecReload"] == "/bin/kill -HUP $MAINPID"  # the launcher reloads nginx (TLS certificate)
-    assert "User" not in service, "supervisord needs root (port 80) and drops uWSGI and nginx to kerasrv"
+    # nothing runs as root: nginx binds port 80 with the one capability the unit grants
+    assert service["User"] == service["Group"] == "kerasrv"
+    assert service["AmbientCapabilities"] == service["CapabilityBoundingSet"] == "CAP_NET_BIND_SERVICE"
     assert service["StandardOutput"] == service["StandardError"] == "journal"
     assert unit()["Install"]["WantedBy"] == "multi-user.target"
 
@@ -243,7 +245,7 @@ def test_unit_environment_file_comes_from_the_template():
     assert 'VENV="$dest/.venv"' in script and "dest=/opt/kerasrv" in script
     values = template()
     assert values["PORT"] == ("80", True)
-    assert values["KERASRV_USER"] == ("kerasrv", True)
+    assert "KERASRV_USER" not in values  # the unit's User= (KERASRV_USER acts only on a start as root)
     assert values["RUNTIME_DIR"] == (f"/run/{service['RuntimeDirectory']}", True)
 
 
@@ -263,7 +265,7 @@ def test_env_template_names_only_real_settings():
         known |= set(re.findall(r'"([A-Z][A-Z0-9_]*)"', source.read_text()))
     names = template()
     assert {"PORT", "MODEL_PATH", "MODEL_NAME", "LABELS_PATH", "PREPROCESS", "WORKERS", "THREADS",
-            "INFERENCE_MODE", "MAX_BATCH_SIZE", "KERASRV_USER", "RUNTIME_DIR"} <= set(names)
+            "INFERENCE_MODE", "MAX_BATCH_SIZE", "RUNTIME_DIR"} <= set(names)
     assert not set(names) - known, f"not read by app/config.py or app/launch.py: {sorted(set(names) - known)}"
 
 
@@ -271,7 +273,7 @@ def test_env_template_defaults_are_the_real_defaults():
     """A commented line shows the default: it must be what app/config.py uses, and valid."""
     defaults = Settings()
     field_names = {f.name for f in fields(Settings)}
-    everything = {name: value for name, (value, _set) in template().items() if name != "KERASRV_USER"}
+    everything = {name: value for name, (value, _set) in template().items()}
     Settings.from_env(everything)  # every value shown is one the server accepts
     for name, (value, is_set) in template().items():
         attribute = name.lower()
@@ -296,10 +298,9 @@ def test_unit_exec_start_serves_with_output_on_a_socket():
     service = unit()["Service"]
     command = [part.replace(INSTALLED_PYTHON, sys.executable) for part in shlex.split(service["ExecStart"])]
     port, runtime = free_port(), world_readable_dir("kerasrv-unit-")
-    env = {name: value for name, (value, is_set) in template().items() if is_set and name != "KERASRV_USER"}
+    env = {name: value for name, (value, is_set) in template().items() if is_set}
     env = {**os.environ, **env, "PORT": str(port), "HOST": "127.0.0.1", "RUNTIME_DIR": str(runtime / "run"),
            "WORKERS": "1", "THREADS": "2"}
-    env.pop("KERASRV_USER", None)  # the kerasrv user need not exist here: the launcher's own default
     journal, ours = socket.socketpair()
     output: list[bytes] = []
 
