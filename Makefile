@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: run test test-fast test-stress install install-dev lint bench bench-triton demo-model clean
+.PHONY: run test test-fast test-stress install install-dev lint bench bench-triton reliability demo-model clean
 
 run: install
 	$(PY) -m app.launch
@@ -31,6 +31,12 @@ lint: install-dev
 
 bench: install-dev
 	$(PY) -m bench.run
+
+# Overload (2x, 10x, open loop), faults under load and a 30-minute soak; writes docs/reliability.md.
+# About 40 minutes; SOAK_MINUTES=0 leaves the soak out.
+SOAK_MINUTES ?= 30
+reliability: install-dev
+	$(PY) -m bench.reliability --soak-minutes $(SOAK_MINUTES)
 
 # Triton's dynamic batcher (PyTriton) beside the mule. PyTriton needs numpy < 2, hence its own
 # venv, and its Python backend stub loads the system's libpython, hence the system's python3.

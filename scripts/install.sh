@@ -3,8 +3,8 @@
 # Python venv with the pinned packages. Used by `make run`, `make test`, CI and the Dockerfile.
 #   scripts/install.sh          runtime only
 #   scripts/install.sh dev      plus tests, lint, training and benchmark tools, and from apt
-#                               iproute2 (ss), stress-ng, wrk, chromium, promtool, the shell linter,
-#                               and mmdebstrap, podman and systemd-nspawn for the image test
+#                               iproute2 (ss), stress-ng, wrk, h2load, chromium, promtool, the shell linter,
+#                               and mmdebstrap, podman and systemd-nspawn for the image and systemd tests
 # Environment: VENV (default .venv), PYTHON (default python3), TF_PACKAGE (e.g. "tensorflow[and-cuda]==2.21.0"
 # for the GPU build instead of tensorflow-cpu).
 set -euo pipefail
@@ -26,6 +26,7 @@ if [ "$profile" = dev ]; then
     command -v shellcheck >/dev/null 2>&1 || missing+=(shellcheck)
     command -v stress-ng >/dev/null 2>&1 || missing+=(stress-ng)  # make test-stress
     command -v wrk >/dev/null 2>&1 || missing+=(wrk)              # load for the throughput test and bench/
+    command -v h2load >/dev/null 2>&1 || missing+=(nghttp2-client) # open-loop load: overload tests, make reliability
     [ -x /usr/bin/chromium ] || missing+=(chromium)                # the live view's browser test
     # the image test: builds the Dockerfile (podman) on a bookworm base it makes (mmdebstrap) and
     # runs the image's CMD in its filesystem (systemd-nspawn)
