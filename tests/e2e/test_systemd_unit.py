@@ -182,8 +182,12 @@ def test_it_serves_as_the_service_user_with_one_capability(started):
 
 
 def test_its_logs_are_in_the_journal(started):
-    journal = started.sh("journalctl -u kerasrv --no-pager -o cat").stdout
-    assert "model digits version 1 loaded" in journal and "nginx entered RUNNING state" in journal, journal[-3000:]
+    """The mule's line, and supervisord's, which comes once nginx has run 5 s (its startsecs)."""
+    def logged() -> bool:
+        journal = started.sh("journalctl -u kerasrv --no-pager -o cat").stdout
+        return "model digits version 1 loaded" in journal and "nginx entered RUNNING state" in journal
+
+    wait_for(logged, 30, "the mule's and supervisord's lines in the journal", interval=0.5)
 
 
 def statuses_while(machine: Machine, action: Callable[[], T], clients: int = 4) -> tuple[T, Counter]:

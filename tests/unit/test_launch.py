@@ -85,7 +85,7 @@ def test_prepare_writes_the_runtime_directory(prepared):
     assert "listen 127.0.0.1:18123" in conf
     assert "client_max_body_size 7m;" in conf
     assert f"uwsgi_read_timeout {settings.proxy_timeout_s}s;" in conf
-    assert f"access_log /dev/stdout {settings.log_format};" in conf
+    assert f"access_log /dev/stdout {settings.log_format} buffer=32k flush=1s;" in conf
     limited = "limit_req zone=per_client burst=20 nodelay;" in conf
     assert limited == ("limit_req_zone $kerasrv_limit_key zone=per_client:10m rate=5r/s;" in conf)
     assert limited == (settings.rate_limit_rps == 5)
