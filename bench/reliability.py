@@ -30,8 +30,8 @@ from typing import Any
 
 import requests
 
-from app.config import PROJECT_ROOT
-from bench.load import Load, Request
+from app.config import PROJECT_ROOT, Settings
+from bench.load import Load, jpeg_requests
 from bench.open_loop import open_loop
 from bench.servers import memory
 from tools.local_server import LocalServer, descendants, health, wait_for
@@ -80,7 +80,7 @@ def capacity(url: str, body: bytes, seconds: float = 5, concurrency: int = 32) -
     """Closed-loop throughput (wrk, `concurrency` keep-alive clients) after a 2 s warm-up window."""
     load = Load()
     try:
-        request = [Request("/predict", (("Content-Type", "image/jpeg"),), body)]
+        request = jpeg_requests([body])
         load.window(url, concurrency, 2, request)
         window = load.window(url, concurrency, seconds, request)
         assert window.errors == 0, window.error_detail
@@ -95,7 +95,7 @@ def overload(server: LocalServer, body: bytes, capacity_rps: float, factor: floa
     least `min_goodput` x capacity), the accepted answered within REQUEST_TIMEOUT_MS, and a quick
     answer again seconds after it ends."""
     quick = 3 * unloaded_ms(server.url, body) + 50
-    timeout_ms = int(server.env.get("REQUEST_TIMEOUT_MS", "30000"))
+    timeout_ms = Settings.from_env(server.env).request_timeout_ms
     window = open_loop(f"{server.url}/predict", body, "image/jpeg", rate=factor * capacity_rps, seconds=seconds,
                        quick_ms=quick)
     figures = {"capacity_rps": round(capacity_rps, 1), **window.as_dict(),
@@ -188,10 +188,6 @@ def signal_one(pids: Callable[[], list[int]], sig: int) -> Callable[[], None]:
 def nginx_workers(server: LocalServer) -> list[int]:
     return [pid for pid in descendants(server.process.pid)
             if Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"nginx: worker")]
-
-
-def uwsgi_master(server: LocalServer) -> list[int]:
-    return [int((server.runtime / "run" / "uwsgi.pid").read_text())]
 
 
 def stop_mule_for(server: LocalServer, seconds: float) -> Callable[[], None]:
@@ -323,7 +319,7 @@ def run_restarting_faults(model: Path, body: bytes) -> list[Case]:
 def master_killed(model: Path, body: bytes) -> Case:
     with served(model, "reliability-master") as server:
         return fault(server, body, "kill -9 the uWSGI master",
-                     signal_one(lambda: uwsgi_master(server), signal.SIGKILL), settle_timeout_s=180)
+                     signal_one(lambda: [server.master_pid()], signal.SIGKILL), settle_timeout_s=180)
 
 
 def model_deleted(model: Path, body: bytes) -> Case:

@@ -43,6 +43,13 @@ def wait_for(condition: Callable[[], T], timeout: float, what: str, interval: fl
         time.sleep(interval)
 
 
+def run_checked(command: list[str], timeout: float = 600) -> str:
+    """A command's stdout; an AssertionError with the tail of its output if it fails."""
+    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
+    assert done.returncode == 0, f"{' '.join(command[:6])}...: {done.stdout[-3000:]}{done.stderr[-3000:]}"
+    return done.stdout
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -206,10 +213,13 @@ class LocalServer:
         """Worker requests waiting, unread, at the (stopped) mule."""
         return sum(unread > 0 for unread in mule_connections(mule, self.mule_socket))
 
+    def master_pid(self) -> int:
+        """uWSGI's master, from its pid file."""
+        return int((self.runtime / "run" / "uwsgi.pid").read_text())
+
     def worker_pids(self) -> list[int]:
-        master = int((self.runtime / "run" / "uwsgi.pid").read_text())
         mule = self.mule_pid() if self.env.get("INFERENCE_MODE", "mule") == "mule" else None
-        return [pid for pid in children(master) if pid != mule]
+        return [pid for pid in children(self.master_pid()) if pid != mule]
 
     def stop(self, timeout: float = 60) -> int:
         """SIGTERM, as `docker stop` sends it; killed after `timeout`. The exit code; the runtime

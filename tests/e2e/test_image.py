@@ -24,7 +24,7 @@ import pytest
 import requests
 
 from app.config import PROJECT_ROOT
-from tools.local_server import descendants, free_port, health, wait_for
+from tools.local_server import descendants, free_port, health, run_checked, wait_for
 from training.digits import heldout_split, render_png
 
 IMAGE = "localhost/kerasrv:test"
@@ -37,12 +37,6 @@ pytestmark = [
     pytest.mark.skipif(any(shutil.which(t) is None for t in TOOLS),
                        reason=f"needs {', '.join(TOOLS)} (Debian: mmdebstrap podman systemd-container)"),
 ]
-
-
-def run(command: list[str], timeout: float = 600) -> str:
-    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
-    assert done.returncode == 0, f"{' '.join(command[:4])}...: {done.stdout[-3000:]}{done.stderr[-3000:]}"
-    return done.stdout
 
 
 @dataclass
@@ -59,13 +53,13 @@ def image():
     if subprocess.run(["podman", "image", "exists", BASE], check=False).returncode != 0:
         with tempfile.TemporaryDirectory() as scratch:
             tarball = Path(scratch) / "base.tar"
-            run(["mmdebstrap", "--variant=minbase", "--quiet", "bookworm", str(tarball)])
-            run(["podman", "import", str(tarball), BASE])
+            run_checked(["mmdebstrap", "--variant=minbase", "--quiet", "bookworm", str(tarball)])
+            run_checked(["podman", "import", str(tarball), BASE])
     mounts = ["-v", f"{LOCAL_CAS}:{LOCAL_CAS}:ro"] if LOCAL_CAS.is_dir() and any(LOCAL_CAS.iterdir()) else []
-    run(["podman", "build", "--isolation", "chroot", "--pull=never", *mounts, "-t", IMAGE, str(PROJECT_ROOT)],
-        timeout=1800)
-    config = json.loads(run(["podman", "image", "inspect", IMAGE]))[0]
-    root = run(["podman", "image", "mount", IMAGE]).strip()
+    run_checked(["podman", "build", "--isolation", "chroot", "--pull=never", *mounts, "-t", IMAGE, str(PROJECT_ROOT)],
+                timeout=1800)
+    config = json.loads(run_checked(["podman", "image", "inspect", IMAGE]))[0]
+    root = run_checked(["podman", "image", "mount", IMAGE]).strip()
     env = dict(item.split("=", 1) for item in config["Config"]["Env"])
     yield Image(root, env, config["Config"]["Cmd"], config["Config"]["WorkingDir"], config["Size"])
     subprocess.run(["podman", "image", "unmount", IMAGE], capture_output=True, check=False)

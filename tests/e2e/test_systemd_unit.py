@@ -32,7 +32,7 @@ import pytest
 import requests
 
 from app.config import PROJECT_ROOT
-from tools.local_server import children, wait_for
+from tools.local_server import children, run_checked, wait_for
 from training.digits import heldout_split, render_png
 
 T = TypeVar("T")
@@ -51,11 +51,6 @@ pytestmark = [
                        reason=f"needs {', '.join(TOOLS)} (Debian: mmdebstrap systemd-container util-linux)"),
 ]
 
-
-def run(command: list[str], timeout: float = 600) -> str:
-    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
-    assert done.returncode == 0, f"{' '.join(command[:6])}...: {done.stdout[-3000:]}{done.stderr[-3000:]}"
-    return done.stdout
 
 
 def join_network(pid: int) -> None:
@@ -111,9 +106,10 @@ class Machine:
 def machine():
     scratch = Path(tempfile.mkdtemp(prefix="kerasrv-systemd-", dir="/var/tmp"))
     wheels, root = scratch / "wheels", scratch / "root"
-    run([sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check", "--dest", str(wheels),
-         "-r", str(PROJECT_ROOT / "requirements.txt"), "setuptools", "wheel"])
-    run(["mmdebstrap", "--variant=minbase", "--quiet", f"--include={','.join(PACKAGES)}", "bookworm", str(root)])
+    run_checked([sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check",
+                 "--dest", str(wheels), "-r", str(PROJECT_ROOT / "requirements.txt"), "setuptools", "wheel"])
+    run_checked(["mmdebstrap", "--variant=minbase", "--quiet", f"--include={','.join(PACKAGES)}", "bookworm",
+                 str(root)])
     console = tempfile.TemporaryFile()
     nspawn = subprocess.Popen(
         ["systemd-nspawn", "--boot", "--register=no", "--keep-unit", "--quiet", "--private-network",
