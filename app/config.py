@@ -155,6 +155,11 @@ class Settings:
         return self.runtime_dir / "mule.sock"
 
     @property
+    def batch_costs_dir(self) -> Path:
+        """Where a mule keeps its measured batch costs for the next one (app/inference/batch_costs.py)."""
+        return self.runtime_dir / "batch-costs"
+
+    @property
     def stop_marker(self) -> Path:
         """Written by app.launch before it passes a stop on (see app/wsgi.py)."""
         return self.runtime_dir / "stopping"

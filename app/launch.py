@@ -96,11 +96,14 @@ def prepare(settings: Settings, env: dict[str, str]) -> dict[str, str]:
     shutil.rmtree(metrics_dir, ignore_errors=True)
     metrics_dir.mkdir()
     settings.stop_marker.unlink(missing_ok=True)
+    shutil.rmtree(settings.batch_costs_dir, ignore_errors=True)  # each start times its model afresh
+    settings.batch_costs_dir.mkdir()
     user = service_user(settings)
     if os.geteuid() == 0:
         # the unprivileged uWSGI creates its sockets and metrics files here
         shutil.chown(runtime, user=user)
         shutil.chown(metrics_dir, user=user)
+        shutil.chown(settings.batch_costs_dir, user=user)
     nginx = shutil.which("nginx") or next(
         (p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if Path(p).exists()), None
     )

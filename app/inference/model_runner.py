@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from app.config import Settings
-from app.inference import versions
+from app.inference import batch_costs, versions
 from app.inference.spec import BYTES, VARIABLE, Batch, ModelSpec, TensorSpec
 
 log = logging.getLogger(__name__)
@@ -115,8 +115,10 @@ def _settled_version(settings: Settings) -> versions.Version:
             raise ModelLoadError(str(exc)) from None
 
 
-def load_runner(settings: Settings) -> ModelRunner:
-    """Load MODEL_PATH (.keras, .h5 or a SavedModel directory), describe it, and warm it up."""
+def load_runner(settings: Settings, costs_dir: Path | None = None) -> ModelRunner:
+    """Load MODEL_PATH (.keras, .h5 or a SavedModel directory), describe it, and warm it up.
+    The mule passes `costs_dir` to share its batch costs with its successors (batch_costs.py);
+    other callers (the benchmark's ceiling) always measure."""
     if not settings.model_path.exists():
         raise ModelLoadError(f"MODEL_PATH {settings.model_path} does not exist")
     version = _settled_version(settings)
@@ -153,7 +155,13 @@ def load_runner(settings: Settings) -> ModelRunner:
     # only the mule's batch limit uses the costs; a worker-mode worker only needs warm shapes
     # (with variable dimensions the cost depends on each batch's sizes: no single limit to choose)
     timed = settings.inference_mode == "mule" and settings.batch_autotune and not spec.is_variable
-    runner.warmup(repeats=3 if timed else 0)
+    known = batch_costs.recall(costs_dir, path, runner.buckets) if timed and costs_dir else None
+    runner.warmup(repeats=3 if timed and known is None else 0)
+    if known is not None:
+        runner.batch_costs_ms = known
+        log.info("batch costs as the previous mule measured them for these files (a respawn times nothing)")
+    elif timed and costs_dir:
+        batch_costs.remember(costs_dir, path, runner.buckets, runner.batch_costs_ms)
     log.info(
         "model %s version %d loaded from %s in %.1fs: inputs %s, outputs %s; ms per call by batch size %s",
         spec.name, spec.version, path, time.perf_counter() - started, _describe(inputs), _describe(outputs),

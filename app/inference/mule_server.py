@@ -10,6 +10,7 @@ respawns a dead mule without any throttle, so dying would be a crash loop.
 
 from __future__ import annotations
 
+import functools
 import gc
 import logging
 import os
@@ -565,4 +566,5 @@ def run() -> None:
         raise SystemExit(f"sharedarea holds {len(shm)} bytes, {needed} needed: start through app.launch")
     log.info("mule %d starting: model %s", os.getpid(), settings.model_path.name)
     PROCESS_STARTS.labels(settings.model_name, "mule").inc()
-    MuleServer(settings, shm, load_runner, guard=uwsgi.set_user_harakiri).serve_forever()
+    loader = functools.partial(load_runner, costs_dir=settings.batch_costs_dir)
+    MuleServer(settings, shm, loader, guard=uwsgi.set_user_harakiri).serve_forever()

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
 from app.config import Settings
-from app.inference.model_runner import ModelLoadError, load_runner
+from app.inference.model_runner import ModelLoadError, ModelRunner, load_runner
 from tests.models import text_classifier, token_tagger, two_in_two_out
 
 
@@ -51,6 +54,29 @@ def test_warmup_measures_the_cost_of_every_bucket(small_model, tmp_path):
     assert set(runner.batch_costs_ms) == {1, 2, 4}
     assert all(ms > 0 for ms in runner.batch_costs_ms.values())
     assert runner.warmup(repeats=0) == runner.batch_costs_ms  # warming again keeps the measurement
+
+
+def test_a_respawned_mule_reuses_the_costs_of_unchanged_files_and_times_changed_ones(
+    small_model, tmp_path, monkeypatch
+):
+    path, costs = tmp_path / "small.keras", tmp_path / "costs"
+    small_model.save(path)
+    first = load_runner(settings_for(path), costs)
+    timed: list[int] = []
+    warmup = ModelRunner.warmup
+    monkeypatch.setattr(ModelRunner, "warmup", lambda self, repeats: timed.append(repeats) or warmup(self, repeats))
+    again = load_runner(settings_for(path), costs)
+    assert timed == [0] and again.batch_costs_ms == first.batch_costs_ms
+    assert load_runner(settings_for(path)).batch_costs_ms and timed == [0, 3]  # no costs_dir (the ceiling): timed
+    small_model.save(path)  # a new file at the same path: its costs are measured, not recalled
+    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 1))
+    load_runner(settings_for(path), costs)
+    assert timed == [0, 3, 3]
+    assert load_runner(replace(settings_for(path), batch_buckets=(1, 2)), costs).batch_costs_ms.keys() == {1, 2}
+    assert timed == [0, 3, 3, 3]  # other batch sizes: timed again
+    (costs / next(costs.iterdir()).name).write_text("{not json")  # a torn or foreign file: timed again
+    load_runner(settings_for(path), costs)
+    assert timed == [0, 3, 3, 3, 3]
 
 
 @pytest.mark.parametrize("overrides", [{"inference_mode": "worker"}, {"batch_autotune": False}])
