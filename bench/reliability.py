@@ -264,7 +264,27 @@ def markdown(cases: list[Case], info: dict[str, Any], started: str) -> str:
     for case in cases:
         checks = ", ".join(f"{'✓' if ok else '✗'} {name}" for name, ok in case.checks.items())
         lines.append(f"| {case.name} | {'yes' if case.passed else '**no**'} | {_short(case.figures)} | {checks} |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n" + HOW_TO_READ
+
+
+HOW_TO_READ = """
+## How to read it
+
+- Capacity is MobileNetV2 on a 224x224 photo, closed loop (wrk, 32 clients), on the same server
+  just before the overload windows; goodput counts the 200s completed within the window.
+  Arrivals come from h2load, a new connection per request, in bursts every 20 ms;
+  `client_cpu_s` is what h2load used of the same cores.
+- The excess is shed by nginx when uWSGI's queue (`LISTEN_BACKLOG`) is full: a JSON 503 with
+  `Retry-After`, and no error-log line per shed request (docs/architecture.md). The accepted
+  wait at most the queue's length.
+- In the fault cases, 8 clients resend at once on every answer, so a fault that makes the server
+  not ready for a while (the mule or the uWSGI master killed: the model loads and warms up again)
+  shows as many fast 503s, not as hung requests. A killed nginx worker drops the connections it
+  held (`error`); a killed uWSGI worker costs the requests it was running (a 503 each).
+- The soak runs on a server of its own at 70% of the capacity above, sampling RSS, open files
+  and shared memory of every process of the server each minute; growth is counted from the
+  first minute's sample.
+"""
 
 
 def main(argv: list[str] | None = None) -> int:
