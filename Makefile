@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: run test test-fast test-stress install install-dev lint bench bench-triton reliability demo-model clean
+.PHONY: run test test-fast test-stress install install-dev lint bench bench-triton triton-venv reliability demo-model clean
 
 run: install
 	$(PY) -m app.launch
@@ -29,8 +29,12 @@ lint: install-dev
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/hadolint Dockerfile
 
-bench: install-dev
-	$(PY) -m bench.run
+# The four workloads of bench/workloads.py, each with the in-process ceiling and Triton's dynamic
+# batcher (PyTriton) in the same run; BENCH_WORKLOADS=small for one of them.
+BENCH_WORKLOADS ?= mobilenet small tabular photo12mp
+bench: install-dev triton-venv
+	for workload in $(BENCH_WORKLOADS); do \
+		TRITON_PYTHON=$(TRITON_VENV)/bin/python $(PY) -m bench.run --workload $$workload || exit 1; done
 
 # Overload (2x, 10x, open loop), faults under load and a 30-minute soak; writes docs/reliability.md.
 # About 40 minutes; SOAK_MINUTES=0 leaves the soak out.
@@ -42,9 +46,11 @@ reliability: install-dev
 # venv, and its Python backend stub loads the system's libpython, hence the system's python3.
 TRITON_VENV ?= bench/work/triton-venv
 TRITON_BASE_PYTHON ?= /usr/bin/python3
-bench-triton: install-dev
+triton-venv:
 	test -f $(TRITON_VENV)/.installed || ( $(TRITON_BASE_PYTHON) -m venv $(TRITON_VENV) && \
 		$(TRITON_VENV)/bin/pip install -q -r bench/requirements-triton.txt && touch $(TRITON_VENV)/.installed )
+
+bench-triton: install-dev triton-venv
 	TRITON_PYTHON=$(TRITON_VENV)/bin/python $(PY) -m bench.run --kinds mule,triton --memory-probe-workers '' --name triton
 
 demo-model: install-dev

@@ -1,7 +1,10 @@
-"""The in-process ceiling: decode + preprocess 16 photos, one model call on them, serially, in a loop.
+"""The in-process ceiling: decode + preprocess a batch of request bodies, one model call on them,
+serially, in a loop.
 
 This is the most a single process doing the server's work (the same decode_image, normalize and
-load_runner as the mule) can deliver on this machine, with no HTTP, no IPC and no idle time.
+load_runner as the mule) can deliver on this machine, with no HTTP, no IPC and no idle time. For
+the 12 MP workload the ceiling is the naive one (a full-size decode, then a resize), as a
+hand-written server would do it. A tabular body is parsed with json.loads.
 It runs in its own long-lived subprocess, so its TensorFlow runtime does not share a process with
 the load generator, and it is told when to run over stdin so its windows alternate with the
 server's. Protocol: one JSON object per line each way.
@@ -21,23 +24,22 @@ import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
 
 from app.config import PROJECT_ROOT, Settings
 from app.inference.batching import efficient_batch
-
-BATCH = 16
+from bench.workloads import WORKLOADS, Workload
 
 
 class Ceiling:
-    """Client side: starts `python -m bench.ceiling MODEL` and sends it commands."""
+    """Client side: starts `python -m bench.ceiling WORKLOAD` and sends it commands."""
 
-    def __init__(self, model_path: Path, cpus: str | None = None, timeout: float = 300):
+    def __init__(self, workload: Workload, cpus: str | None = None, timeout: float = 300):
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-        command = [sys.executable, "-m", "bench.ceiling", str(model_path)]
+        command = [sys.executable, "-m", "bench.ceiling", workload.name]
+        self.batch = workload.ceiling_batch
         if cpus:
             command = ["taskset", "-c", cpus, *command]
         self.process = subprocess.Popen(
@@ -65,8 +67,8 @@ class Ceiling:
     def latency1(self, n: int = 30) -> dict[str, Any]:
         return self._ask({"cmd": "latency1", "n": n})
 
-    def window(self, seconds: float, batch: int = BATCH) -> dict[str, Any]:
-        return self._ask({"cmd": "window", "seconds": seconds, "batch": batch})
+    def window(self, seconds: float, batch: int | None = None) -> dict[str, Any]:
+        return self._ask({"cmd": "window", "seconds": seconds, "batch": batch or self.batch})
 
     def close(self) -> None:
         if self.process.poll() is None:
@@ -82,28 +84,22 @@ class Ceiling:
 class _Worker:
     """Server side: the same load_runner, decode_image and normalize that the server uses."""
 
-    def __init__(self, model_path: Path):
+    def __init__(self, workload: Workload):
         from app.inference.model_runner import load_runner  # noqa: PLC0415 - the only TensorFlow import
-        from bench.model import photos  # noqa: PLC0415
 
-        self.settings = Settings.from_env({"MODEL_PATH": str(model_path), "PREPROCESS": "symmetric"})
+        self.workload = workload
+        self.settings = Settings.from_env({"MODEL_PATH": str(workload.model_path()), "PREPROCESS": workload.preprocess,
+                                           "MAX_BATCH_SIZE": str(workload.ceiling_batch)})
         started = time.perf_counter()
         self.runner = load_runner(self.settings)
         self.load_s = time.perf_counter() - started
         self.spec = self.runner.spec
-        self.photos = photos()
-        self.rows = np.empty((BATCH, *self.spec.input.shape), dtype=self.spec.input.dtype)
+        self.bodies = workload.bodies()
+        self.rows = np.empty((self.runner.max_batch, *self.spec.input.shape), dtype=self.spec.input.dtype)
 
     def _prepare(self, count: int, offset: int = 0) -> None:
-        from app.images import decode_image  # noqa: PLC0415
-        from app.preprocess import normalize  # noqa: PLC0415
-
-        height, width, channels = self.spec.input.shape
         for i in range(count):
-            data = self.photos[(offset + i) % len(self.photos)]
-            pixels = decode_image(data, (height, width), channels, self.settings.max_image_pixels,
-                                  self.settings.resize_mode)
-            normalize(pixels, self.spec.preprocess, self.spec.input.dtype, out=self.rows[i])
+            self.workload.fill_row(self.bodies[(offset + i) % len(self.bodies)], self.spec, self.settings, self.rows[i])
 
     def latency1(self, n: int) -> dict[str, Any]:
         samples = []
@@ -114,7 +110,7 @@ class _Worker:
             samples.append((time.perf_counter() - started) * 1000)
         return {"latency1_ms": statistics.median(samples), "samples_ms": [round(s, 3) for s in samples]}
 
-    def window(self, seconds: float, batch: int = BATCH) -> dict[str, Any]:
+    def window(self, seconds: float, batch: int) -> dict[str, Any]:
         """Whole batches until `seconds` have passed; the rate counts only batches that finished."""
         prepare_ms, model_ms = [], []
         started = time.perf_counter()
@@ -141,11 +137,11 @@ class _Worker:
         }
 
 
-def _serve(model_path: Path, out: IO[str]) -> None:
+def _serve(workload: Workload, out: IO[str]) -> None:
     import keras  # noqa: PLC0415
     import tensorflow as tf  # noqa: PLC0415
 
-    worker = _Worker(model_path)
+    worker = _Worker(workload)
 
     def send(message: dict[str, Any]) -> None:
         out.write(json.dumps(message) + "\n")
@@ -153,7 +149,7 @@ def _serve(model_path: Path, out: IO[str]) -> None:
 
     send({
         "ready": True, "load_s": worker.load_s, "tf_version": tf.__version__, "keras_version": keras.__version__,
-        "input": list(worker.spec.input.shape), "buckets": list(worker.runner.buckets), "batch": BATCH,
+        "input": list(worker.spec.input.shape), "buckets": list(worker.runner.buckets), "batch": workload.ceiling_batch,
         "batch_cost_ms": worker.runner.batch_costs_ms, "efficient_batch": efficient_batch(worker.runner.batch_costs_ms),
     })
     for line in sys.stdin:
@@ -163,7 +159,7 @@ def _serve(model_path: Path, out: IO[str]) -> None:
         if command["cmd"] == "latency1":
             send(worker.latency1(int(command.get("n", 30))))
         elif command["cmd"] == "window":
-            send(worker.window(float(command["seconds"]), int(command.get("batch", BATCH))))
+            send(worker.window(float(command["seconds"]), int(command["batch"])))
         else:
             send({"error": f"unknown command {command['cmd']!r}"})
 
@@ -172,4 +168,4 @@ if __name__ == "__main__":
     # The protocol owns the real stdout; anything a library prints goes to stderr instead.
     protocol = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)
-    _serve(Path(sys.argv[1]), protocol)
+    _serve(WORKLOADS[sys.argv[1]], protocol)

@@ -1,6 +1,7 @@
-"""The benchmark's model and photos: MobileNetV2 (random weights, nothing downloaded) and scikit-learn's JPEGs.
+"""The benchmark's models and photos: MobileNetV2 and a small tabular MLP (random weights,
+nothing downloaded) and scikit-learn's JPEGs.
 
-The model is built in a subprocess (`python -m bench.model PATH`) so that the orchestrating
+Models are built in a subprocess (`python -m bench.model NAME PATH`) so that the orchestrating
 process, which also drives the load, never imports TensorFlow.
 """
 
@@ -14,7 +15,7 @@ from pathlib import Path
 from app.config import PROJECT_ROOT
 
 WORK_DIR = PROJECT_ROOT / "bench" / "work"
-MODEL_PATH = WORK_DIR / "mobilenet_v2.keras"
+TABULAR_FEATURES = 32
 PHOTO_NAMES = ("china.jpg", "flower.jpg")
 
 
@@ -38,26 +39,46 @@ def ensure_world_readable(path: Path) -> None:
     path.chmod(0o644)
 
 
-def ensure_model(path: Path = MODEL_PATH) -> Path:
-    """Build and save the model once; later runs reuse the file."""
+def ensure_model(name: str = "mobilenet_v2") -> Path:
+    """Build and save the model `name` (see BUILDERS) once; later runs reuse the file."""
+    path = WORK_DIR / f"{name}.keras"
     path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
     path.parent.chmod(0o755)
     if not path.is_file():
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-        subprocess.run([sys.executable, "-m", "bench.model", str(path)], cwd=PROJECT_ROOT, env=env, check=True)
+        subprocess.run([sys.executable, "-m", "bench.model", name, str(path)], cwd=PROJECT_ROOT, env=env, check=True)
     ensure_world_readable(path)
     return path
 
 
-def _build(path: Path) -> None:
+def _mobilenet_v2():
+    import keras  # noqa: PLC0415
+
+    return keras.applications.MobileNetV2(weights=None)  # 224x224x3 -> 1000 classes
+
+
+def _tabular_mlp():
+    """TABULAR_FEATURES floats -> 3 classes: the size of a typical tabular model (a few thousand weights)."""
+    import keras  # noqa: PLC0415
+
+    return keras.Sequential([
+        keras.Input((TABULAR_FEATURES,), name="features"), keras.layers.Dense(64, activation="relu"),
+        keras.layers.Dense(64, activation="relu"), keras.layers.Dense(3, activation="softmax", name="probs"),
+    ])
+
+
+BUILDERS = {"mobilenet_v2": _mobilenet_v2, "tabular_mlp": _tabular_mlp}
+
+
+def _build(name: str, path: Path) -> None:
     import keras  # noqa: PLC0415
 
     keras.utils.set_random_seed(0)
-    model = keras.applications.MobileNetV2(weights=None)  # 224x224x3 -> 1000 classes
+    model = BUILDERS[name]()
     tmp = path.with_suffix(".tmp.keras")
     model.save(tmp)
     tmp.replace(path)  # a run killed mid-save leaves no half-written model behind
 
 
 if __name__ == "__main__":
-    _build(Path(sys.argv[1]))
+    _build(sys.argv[1], Path(sys.argv[2]))

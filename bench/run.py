@@ -1,4 +1,5 @@
-"""`python -m bench.run` (`make bench`): the in-process ceiling vs the server vs the per-request recipe.
+"""`python -m bench.run` (`make bench`): the in-process ceiling vs the server vs its peers, for one
+workload (bench/workloads.py: MobileNetV2 photos, a small CNN, a tabular MLP, a 12 MP photo).
 
 This machine's speed drifts by 30% and more within minutes, so no number is compared with one
 taken minutes apart: every server window is paired with a ceiling window run just before it, and
@@ -24,18 +25,20 @@ from app.config import PROJECT_ROOT
 from bench import report
 from bench.ceiling import Ceiling
 from bench.load import Load, Request
-from bench.model import MODEL_PATH, ensure_model, photo_paths, photos
 from bench.servers import Kerasrv, Recipe, Triton, memory, system_busy_seconds, wait_idle
 from bench.servers import cpu_seconds as tree_cpu
+from bench.workloads import WORKLOADS
 
 KINDS = ("mule", "worker", "recipe", "triton")  # triton: only when asked for (make bench-triton)
-DEFAULT_KINDS = ("mule", "worker", "recipe")
+DEFAULT_KINDS = {"mobilenet": "mule,worker,recipe"}  # the recipe is written for MobileNetV2; others: mule
 RESULTS_DIR = PROJECT_ROOT / "bench" / "results"
 
 
 def server_env(kind: str, args: argparse.Namespace, workers: int | None = None) -> dict[str, str]:
     """The settings each kind runs with; recorded in the results."""
-    env = {"MODEL_PATH": str(MODEL_PATH), "PREPROCESS": "symmetric", "HOST": "127.0.0.1", "LOG_LEVEL": "info"}
+    workload = WORKLOADS[args.workload]
+    env = {"MODEL_PATH": str(workload.model_path()), "PREPROCESS": workload.preprocess, "HOST": "127.0.0.1",
+           "LOG_LEVEL": "info"}
     if kind == "mule":
         env |= {"INFERENCE_MODE": "mule", "WORKERS": str(workers or args.workers), "THREADS": str(args.threads),
                 "MAX_BATCH_SIZE": str(args.max_batch)}
@@ -45,11 +48,12 @@ def server_env(kind: str, args: argparse.Namespace, workers: int | None = None) 
 
 
 def start_server(kind: str, args: argparse.Namespace, probe: bytes) -> Kerasrv | Recipe | Triton:
+    workload = WORKLOADS[args.workload]
     if kind in ("recipe", "triton"):
-        server = Recipe(MODEL_PATH) if kind == "recipe" else Triton(MODEL_PATH, args.triton_python)
+        server = Recipe(workload) if kind == "recipe" else Triton(workload, args.triton_python)
         server.start(probe)
         return server
-    server = Kerasrv(kind, server_env(kind, args))
+    server = Kerasrv(kind, server_env(kind, args), workload)
     server.start()
     return server
 
@@ -178,7 +182,8 @@ def memory_probe(args: argparse.Namespace, load: Load, photos: list[bytes]) -> l
     found = []
     for workers in args.memory_probe_workers:
         _log(f"memory probe: mule mode with {workers} workers")
-        server = Kerasrv("mule", server_env("mule", args, workers=workers), label=f"mule-{workers}w")
+        server = Kerasrv("mule", server_env("mule", args, workers=workers), WORKLOADS[args.workload],
+                         label=f"mule-{workers}w")
         entry: dict[str, Any] = {"workers": workers, "threads": args.threads}
         try:
             server.start()
@@ -228,8 +233,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--window", type=float, help="seconds per measured window (default 5)")
     parser.add_argument("--pairs", type=int, help="[ceiling, server] window pairs per row (default 5)")
     parser.add_argument("--concurrency", help="client connections, comma-separated (default 1,4,16,32,64)")
-    parser.add_argument("--kinds", default=",".join(DEFAULT_KINDS),
-                        help=f"servers to measure, of {','.join(KINDS)} (default {','.join(DEFAULT_KINDS)})")
+    parser.add_argument("--workload", choices=sorted(WORKLOADS), default="mobilenet",
+                        help="what to measure (bench/workloads.py; default mobilenet)")
+    parser.add_argument("--kinds", help=f"servers to measure, of {','.join(KINDS)}"
+                                         " (default mule,worker,recipe for mobilenet, mule for the others; and triton"
+                                         " when TRITON_PYTHON is set)")
     parser.add_argument("--triton-python", default=os.environ.get("TRITON_PYTHON", ""),
                         help="the Python of a venv with bench/requirements-triton.txt (or TRITON_PYTHON)")
     parser.add_argument("--warmup", type=float, help="seconds of load before each concurrency (default 3)")
@@ -241,7 +249,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-batch", type=int, default=16, help="mule mode MAX_BATCH_SIZE (default 16)")
     parser.add_argument("--worker-mode-workers", type=int, default=4, help="worker mode WORKERS, THREADS=1")
     parser.add_argument("--memory-probe-workers",
-                        help="mule mode worker counts for the one-model-copy check (default 2,8; '' to skip)")
+                        help="mule mode worker counts for the one-model-copy check (default 2,8 for mobilenet;"
+                             " '' to skip)")
     parser.add_argument("--max-other-load", type=float, default=0.25,
                         help="re-run a pair when other processes used more CPU cores than this (default 0.25)")
     parser.add_argument("--retries", type=int, default=3, help="re-runs allowed per row (default 3)")
@@ -255,8 +264,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="results go to DATE-NAME.*; a named run leaves latest.md alone (as --quick does)")
     args = parser.parse_args(argv)
     # what --quick changes, unless an option says otherwise
-    defaults = {"window": (5.0, 2.0), "pairs": (5, 2), "warmup": (3.0, 2.0), "concurrency": ("1,4,16,32,64", "1,16"),
-                "memory_probe_workers": ("2,8", "")}
+    workload = WORKLOADS[args.workload]
+    defaults = {"window": (5.0, 2.0), "pairs": (5, 2), "warmup": (3.0, 2.0),
+                "concurrency": (workload.concurrency, "1,16"),
+                "memory_probe_workers": ("2,8" if workload.name == "mobilenet" else "", ""),
+                "kinds": (DEFAULT_KINDS.get(workload.name, "mule") + (",triton" if args.triton_python else ""),) * 2}
     for name, (full, quick) in defaults.items():
         if getattr(args, name) is None:
             setattr(args, name, quick if args.quick else full)
@@ -276,14 +288,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     began = time.time()
-    model = ensure_model()
-    bodies = photos()
+    workload = WORKLOADS[args.workload]
+    model = workload.model_path()
+    bodies = workload.bodies()
     load = Load(use_wrk=args.client == "wrk", cpus=args.client_cpu)
     if load.client != "wrk":
         args.client_cpu = None  # the Python client runs in this process, whose children must not inherit a pin
     _log(f"client: {load.version()}{f', pinned to CPU {args.client_cpu}' if args.client_cpu else ''}")
     _log("starting the ceiling process")
-    ceiling = Ceiling(model)
+    ceiling = Ceiling(workload)
     kinds: list[dict[str, Any]] = []
     probes: list[dict[str, Any]] = []
     try:
@@ -309,7 +322,8 @@ def main(argv: list[str] | None = None) -> int:
             "warmup_s": args.warmup, "quick": args.quick, "client": load.client, "client_cpu": args.client_cpu,
             "latency_samples": args.latency_samples, "max_other_load": args.max_other_load,
             "retries": args.retries, "model": str(model.relative_to(PROJECT_ROOT)),
-            "photos": [p.name for p in photo_paths()], "photo_bytes": [len(b) for b in bodies],
+            "workload": workload.name, "workload_title": workload.title, "body_bytes": [len(b) for b in bodies],
+            "ceiling_decode": workload.ceiling_decode,
             "ceiling": {"batch": ceiling.info.get("batch"), "buckets": ceiling.info.get("buckets"),
                         "input": ceiling.info.get("input")},
             "servers": {k: server_env(k, args) for k in ("mule", "worker")},
@@ -320,8 +334,9 @@ def main(argv: list[str] | None = None) -> int:
     }
     results["summary"] = report.summarize(results)
     results["targets"] = report.targets(results)
-    suffix = "".join(f"-{part}" for part in (args.name, "quick" if args.quick else "") if part)
-    paths = report.write(results, args.out, suffix=suffix, latest=not suffix)
+    parts = (workload.name if workload.name != "mobilenet" else "", args.name, "quick" if args.quick else "")
+    suffix = "".join(f"-{part}" for part in parts if part)
+    paths = report.write(results, args.out, suffix=suffix, latest=not (args.name or args.quick))
     print(paths["md"].read_text())
     _log(f"results: {', '.join(str(p) for p in paths.values())}")
     return 0

@@ -18,7 +18,8 @@ import requests
 
 from app.config import PROJECT_ROOT
 from bench import triton_app
-from bench.load import Request, jpeg_requests
+from bench.load import Request
+from bench.workloads import Workload
 from tools.local_server import LocalServer, descendants, free_port, wait_for
 
 LOG_DIR = PROJECT_ROOT / "bench" / "work" / "logs"  # each server's log, kept after it stops
@@ -111,9 +112,10 @@ def wait_idle(root: int, max_s: float = 60, step_s: float = 0.5, busy_share: flo
 class Kerasrv:
     """The real stack (app.launch) in mule or worker mode, started as the end-to-end tests start it."""
 
-    def __init__(self, kind: str, env: dict[str, str], label: str | None = None):
+    def __init__(self, kind: str, env: dict[str, str], workload: Workload, label: str | None = None):
         self.kind = kind
         self.env = env
+        self.workload = workload
         self.server_name = label or kind
         self.server = LocalServer(env, name=f"bench-{self.server_name}")
         self.url = self.server.url
@@ -121,9 +123,8 @@ class Kerasrv:
     def start(self, timeout: float = 300) -> None:
         self.server.start(timeout=timeout)
 
-    @staticmethod
-    def load_requests(photos: list[bytes]) -> list[Request]:
-        return jpeg_requests(photos)
+    def load_requests(self, bodies: list[bytes]) -> list[Request]:
+        return self.workload.kerasrv_requests(bodies)
 
     @property
     def root(self) -> int:
@@ -155,7 +156,8 @@ class _Process:
 
     kind = ""
 
-    def __init__(self, command: list[str], env: dict[str, str], port: int):
+    def __init__(self, command: list[str], env: dict[str, str], port: int, workload: Workload):
+        self.workload = workload
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
         self.command = command
@@ -164,9 +166,8 @@ class _Process:
         self.log_path = LOG_DIR / f"{self.kind}.log"
         self.process: subprocess.Popen | None = None
 
-    @staticmethod
-    def load_requests(photos: list[bytes]) -> list[Request]:
-        return jpeg_requests(photos)
+    def load_requests(self, bodies: list[bytes]) -> list[Request]:
+        return self.workload.kerasrv_requests(bodies)
 
     def start(self, probe: bytes, timeout: float = 300) -> None:
         """Start it and wait until it answers a photo."""
@@ -227,8 +228,10 @@ class Recipe(_Process):
 
     kind = "recipe"
 
-    def __init__(self, model_path: Path):
-        port = free_port()
+    def __init__(self, workload: Workload):
+        if workload.name != "mobilenet":
+            raise ValueError("the recipe (bench/recipe_app.py) is written for MobileNetV2 on photos")
+        port, model_path = free_port(), workload.model_path()
         command = [
             str(Path(sys.executable).parent / "uwsgi"), "--http-socket", f"127.0.0.1:{port}",
             "--processes", "1", "--need-app", "--module", "bench.recipe_app:app", "--chdir", str(PROJECT_ROOT),
@@ -238,7 +241,7 @@ class Recipe(_Process):
             "--add-header", "Connection: close",
         ]
         super().__init__(command, {**os.environ, "RECIPE_MODEL_PATH": str(model_path), "TF_CPP_MIN_LOG_LEVEL": "2"},
-                         port)
+                         port, workload)
 
 
 class Triton(_Process):
@@ -247,21 +250,17 @@ class Triton(_Process):
 
     kind = "triton"
 
-    def __init__(self, model_path: Path, python: str):
+    def __init__(self, workload: Workload, python: str):
         port, self.metrics_port = free_port(), free_port()
-        command = [python, "-m", "bench.triton_app", str(model_path), str(port), str(free_port()),
+        command = [python, "-m", "bench.triton_app", workload.name, str(port), str(free_port()),
                    str(self.metrics_port)]
-        super().__init__(command, {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(PROJECT_ROOT)}, port)
+        super().__init__(command, {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(PROJECT_ROOT)}, port,
+                         workload)
 
-    @staticmethod
-    def load_requests(photos: list[bytes]) -> list[Request]:
-        found = []
-        for photo in photos:
-            body, header_length = triton_app.v2_request_body(photo)
-            headers = (("Content-Type", "application/octet-stream"),
-                       ("Inference-Header-Content-Length", str(header_length)))
-            found.append(Request(f"/v2/models/{triton_app.MODEL_NAME}/infer", headers, body))
-        return found
+    def load_requests(self, bodies: list[bytes]) -> list[Request]:
+        path = f"/v2/models/{triton_app.MODEL_NAME}/infer"
+        return [Request(path, headers, body) for body, headers in
+                (triton_app.v2_request(body, self.workload.is_tabular) for body in bodies)]
 
     def stats(self) -> dict[str, Any]:
         """Rows and model calls from Triton's Prometheus metrics, in the shape of the mule's counters."""
