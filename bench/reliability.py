@@ -13,6 +13,7 @@ import io
 import json
 import os
 import platform
+import random
 import shutil
 import signal
 import statistics
@@ -236,6 +237,103 @@ def soak(server: LocalServer, body: bytes, capacity_rps: float, minutes: float, 
     return Case(f"soak {figures['minutes']:g} min at {share:.0%} of capacity", figures, checks)
 
 
+def _png_bomb(side: int) -> bytes:
+    """A valid grayscale PNG of side x side pixels, all zero: a few hundred KB that would take
+    side^2 bytes to decode (MAX_IMAGE_PIXELS has to refuse it before Pillow decodes it)."""
+    import struct  # noqa: PLC0415
+    import zlib  # noqa: PLC0415
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    rows = zlib.compress(bytes(side + 1) * side, 9)  # each row: filter byte 0, then the pixels
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0))
+            + chunk(b"IDAT", rows) + chunk(b"IEND", b""))
+
+
+def hostile_requests(photo: bytes, model: str) -> list[tuple[str, dict[str, str], bytes]]:
+    """(path, headers, body): bad input for every parser, each of which must get a 4xx JSON error
+    (a mutated photo may still decode: a 200 is right for it)."""
+    noise = random.Random(0).randbytes(64 * 1024)
+    mutated = bytearray(photo)
+    for position in random.Random(1).sample(range(600, len(photo)), 40):
+        mutated[position] ^= 0xFF
+    header = json.dumps({"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES",
+                                     "parameters": {"binary_data_size": 10**9}}]}).encode()
+    fields = "".join(f"--b\r\nContent-Disposition: form-data; name=\"f{i}\"\r\n\r\nx\r\n" for i in range(500))
+    as_json = {"Content-Type": "application/json"}
+    return [
+        ("/predict", {"Content-Type": "image/jpeg"}, photo[: len(photo) // 2]),
+        ("/predict", {"Content-Type": "image/jpeg"}, bytes(mutated)),
+        ("/predict", {"Content-Type": "image/png"}, noise),
+        ("/predict", {"Content-Type": "image/png"}, _png_bomb(12_000)),
+        ("/predict", as_json, b'{"instances": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"),
+        ("/predict", as_json, json.dumps({"instances": [[0.5] * 5000] * 64}).encode()),
+        ("/predict", as_json, b'{"instances": [1, 2'),
+        ("/predict", as_json, b"\xff\xfe" + noise[:1000]),
+        ("/predict", {"Content-Type": "multipart/form-data; boundary=b"}, (fields + "--b--\r\n").encode()),
+        (f"/v1/models/{model}:predict", as_json, json.dumps({"instances": [{"b64": "!!not base64!!"}] * 64}).encode()),
+        (f"/v2/models/{model}/infer", as_json, json.dumps({"inputs": [
+            {"name": "x", "shape": [1, 10**9], "datatype": "FP32", "data": [1]}]}).encode()),
+        (f"/v2/models/{model}/infer", {"Content-Type": "application/octet-stream",
+                                       "Inference-Header-Content-Length": str(len(header))}, header + noise[:100]),
+    ]
+
+
+def hostile_input(server: LocalServer, photo: bytes, seconds: float, clients: int = 8) -> Case:
+    """`clients` threads send `hostile_requests` in turn for twice `seconds`: no 5xx, every 4xx a
+    JSON error with a code, and RSS and open files at the end within 5% of those after the first
+    `seconds` (memory bounded however much bad input arrives: a leak grows with the requests)."""
+    requests_ = hostile_requests(photo, Settings.from_env(server.env).model_name)
+    statuses: Counter[str] = Counter()
+    without_code: list[str] = []
+    lock = threading.Lock()
+
+    def send(session: requests.Session, path: str, headers: dict[str, str], body: bytes) -> None:
+        try:
+            answer = session.post(f"{server.url}{path}", data=body, headers=headers, timeout=60)
+            status = str(answer.status_code)
+            coded = answer.status_code == 200 or "code" in answer.json()
+        except (requests.RequestException, ValueError) as exc:
+            status, coded = type(exc).__name__, False
+        with lock:
+            statuses[status] += 1
+            if not coded:
+                without_code.append(f"{path} {headers.get('Content-Type')}: {status}")
+
+    def clients_for(seconds_: float) -> None:
+        deadline = time.monotonic() + seconds_
+
+        def client(offset: int) -> None:
+            with requests.Session() as session:
+                index = offset
+                while time.monotonic() < deadline:
+                    send(session, *requests_[index % len(requests_)])
+                    index += 1
+
+        threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(clients)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(seconds_ + 120)
+
+    clients_for(seconds)  # warm-up: every worker thread's allocator has met the largest bodies at once
+    before = tree_usage(server.process.pid)
+    clients_for(seconds)
+    after = tree_usage(server.process.pid)
+    growth = {key: round((after[key] - before[key]) / before[key], 4) for key in ("rss_mb", "fds")}
+    figures = {"answers": dict(sorted(statuses.items())), "first": before, "last": after, "growth": growth,
+               "without_code": without_code[:5]}
+    checks = {
+        "no 5xx, no dropped connection": all(s.startswith(("2", "4")) for s in statuses),
+        "every 4xx a JSON error with a code": not without_code,
+        "RSS growth < 5%": growth["rss_mb"] < 0.05,
+        "open files growth < 5%": growth["fds"] < 0.05,
+        "still serves": post(server.url, photo).status_code == 200,
+    }
+    return Case(f"hostile input ({len(requests_)} kinds, {clients} clients, 2 x {seconds:g} s)", figures, checks)
+
+
 def machine() -> dict[str, Any]:
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor())
@@ -281,6 +379,11 @@ HOW_TO_READ = """
   not ready for a while (the mule or the uWSGI master killed: the model loads and warms up again)
   shows as many fast 503s, not as hung requests. A killed nginx worker drops the connections it
   held (`error`); a killed uWSGI worker costs the requests it was running (a 503 each).
+- Hostile input: 8 clients send, in turn, a truncated, a mutated and a random-bytes image, a
+  PNG declaring 144 MP, JSON nested 100000 deep, too many and too wide instances, broken and
+  non-UTF-8 JSON, a 500-field multipart form, bad base64, and v2 bodies with absurd shapes and
+  binary sizes, for two windows. Memory at the end is compared with memory after the first window
+  (a leak grows with the requests; an allocator's high-water mark does not).
 - The soak runs on a server of its own at 70% of the capacity above, sampling RSS, open files
   and shared memory of every process of the server each minute; growth is counted from the
   first minute's sample.
@@ -301,6 +404,7 @@ def main(argv: list[str] | None = None) -> int:
         rps = capacity(server.url, body)
         for factor in (2, 10):
             cases.append(overload(server, body, rps, factor, args.seconds))
+        cases.append(hostile_input(server, body, 2 * args.seconds))
         cases.extend(run_faults(server, body))
     if args.soak_minutes:
         # on a server of its own: after the faults, a respawned mule may have timed its batch

@@ -1,4 +1,4 @@
-"""Faults under load: the short version of `make reliability`'s cases (bench/reliability.py).
+"""Faults under load and hostile input: the short version of `make reliability`'s cases (bench/reliability.py).
 
 Eight clients post a photo while a process is killed or hung, the model file is deleted or the
 runtime directory's disk fills up. Each case checks that the clients saw only 200s and 503s (or
@@ -66,3 +66,7 @@ def test_delete_the_model_file(body):
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounting the small tmpfs that fills up needs root")
 def test_fill_the_runtime_directorys_disk(body):
     check(reliability.disk_full(MODEL, body))
+
+
+def test_hostile_input_gets_json_errors_and_memory_stays_bounded(server, body):
+    check(reliability.hostile_input(server, body, seconds=10))
