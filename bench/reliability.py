@@ -214,6 +214,23 @@ def tree_usage(root: int) -> dict[str, float]:
     return {"rss_mb": round(memory(root)["rss_mb"], 1), "fds": fds, "shm_mb": round(shm_kb / 1024, 1)}
 
 
+def settled_usage(root: int, steady_s: float = 1.0, timeout_s: float = 15) -> dict[str, float]:
+    """`tree_usage` once the open files have stopped changing for `steady_s`: right after clients
+    hang up, nginx and uWSGI are still closing their connections, and the count is off by a few."""
+    last = tree_usage(root)
+    steady_since = time.monotonic()
+
+    def steady() -> bool:
+        nonlocal last, steady_since
+        now = tree_usage(root)
+        if now["fds"] != last["fds"]:
+            last, steady_since = now, time.monotonic()
+        return time.monotonic() - steady_since >= steady_s
+
+    wait_for(steady, timeout_s, "open files steady", interval=0.1)
+    return last
+
+
 def soak(server: LocalServer, body: bytes, capacity_rps: float, minutes: float, *, share: float = 0.7,
          window_s: float = 60) -> Case:
     """`share` x capacity in open loop for `minutes`, in windows of `window_s`: errors, and RSS, open
@@ -294,6 +311,8 @@ def hostile_input(server: LocalServer, photo: bytes, seconds: float, clients: in
             answer = session.post(f"{server.url}{path}", data=body, headers=headers, timeout=60)
             status = str(answer.status_code)
             coded = answer.status_code == 200 or "code" in answer.json()
+            if answer.status_code >= 500:
+                status = f"{status} {answer.json().get('code')}: {answer.json().get('error', '')[:90]}"  # who gave up
         except (requests.RequestException, ValueError) as exc:
             status, coded = type(exc).__name__, False
         with lock:
@@ -318,9 +337,9 @@ def hostile_input(server: LocalServer, photo: bytes, seconds: float, clients: in
             thread.join(seconds_ + 120)
 
     clients_for(seconds)  # warm-up: every worker thread's allocator has met the largest bodies at once
-    before = tree_usage(server.process.pid)
+    before = settled_usage(server.process.pid)
     clients_for(seconds)
-    after = tree_usage(server.process.pid)
+    after = settled_usage(server.process.pid)
     growth = {key: round((after[key] - before[key]) / before[key], 4) for key in ("rss_mb", "fds")}
     figures = {"answers": dict(sorted(statuses.items())), "first": before, "last": after, "growth": growth,
                "without_code": without_code[:5]}

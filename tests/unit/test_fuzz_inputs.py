@@ -99,7 +99,9 @@ def test_any_json_to_any_route(client, route, body):
 
 @FUZZ
 @given(header=json_values | near_valid, tail=st.binary(max_size=300),
-       length=st.one_of(st.none(), st.integers(-5, 5000), st.text(max_size=8)))
+       # a header value cannot hold a line break: no HTTP client sends one (Werkzeug's test client refuses)
+       length=st.one_of(st.none(), st.integers(-5, 5000), st.text(st.characters(exclude_characters="\r\n"),
+                                                                  max_size=8)))
 def test_v2_binary_framing(client, header, tail, length):
     head = json.dumps(header).encode()
     declared = str(len(head)) if length is None else str(length)
