@@ -283,10 +283,10 @@ def markdown(results: dict[str, Any]) -> str:
         " `Connection: close` and the client reconnects."
         + (f" Triton is NVIDIA Triton Inference Server through PyTriton {info.get('pytriton')}"
            " (`bench/triton_app.py`, in its own venv): its dynamic batcher (max batch 16, 2 ms queue delay,"
-           " as in the issue) calls one Python function per batch, which decodes and preprocesses each"
-           " JPEG with kerasrv's own functions and makes one model call through kerasrv's `ModelRunner`;"
-           " requests are KServe v2 binary tensors (the JPEG as raw BYTES, the 1000 scores back as raw"
-           " float32)." if "triton" in settings["kinds"] else ""),
+           " as in the issue) calls one Python function per batch, which prepares each row as the ceiling"
+           f" does ({CEILING_PREPARES[settings.get('ceiling_decode', 'server')]}) and makes one model call"
+           " through kerasrv's `ModelRunner`; an image travels as a KServe v2 binary tensor (raw BYTES in,"
+           " raw float32 scores out), a tabular row as v2 JSON." if "triton" in settings["kinds"] else ""),
         "",
     ]
     return "\n".join(lines)
@@ -333,15 +333,16 @@ def plot(results: dict[str, Any], path: Path) -> None:
 
 
 def write(results: dict[str, Any], folder: Path, suffix: str = "", latest: bool = True) -> dict[str, Path]:
-    """<date><suffix>.json/.md/.png, and latest.md for a full run."""
+    """<date><suffix>.json/.md/.png, and the workload's latest*.md for a full run."""
     folder.mkdir(mode=0o755, parents=True, exist_ok=True)
     stem = folder / f"{results['date']}{suffix}"
     paths = {"json": stem.with_suffix(".json"), "md": stem.with_suffix(".md"), "png": stem.with_suffix(".png")}
     paths["json"].write_text(json.dumps(results, indent=1) + "\n")
     paths["md"].write_text(markdown(results))
     plot(results, paths["png"])
-    if latest:
-        paths["latest"] = folder / "latest.md"
+    if latest:  # latest.md for the standard case, latest-<workload>.md for the others
+        workload = workload_of(results)
+        paths["latest"] = folder / ("latest.md" if workload == "mobilenet" else f"latest-{workload}.md")
         shutil.copyfile(paths["md"], paths["latest"])
     for path in paths.values():
         path.chmod(0o644)
@@ -357,5 +358,6 @@ if __name__ == "__main__":
     data["summary"] = summarize(data)
     data["targets"] = targets(data)
     suffix = saved.stem.removeprefix(data["date"])  # "-quick", "-triton": not the latest full run
-    written = write(data, saved.parent, suffix=suffix, latest=not suffix)
+    plain = "" if workload_of(data) == "mobilenet" else f"-{workload_of(data)}"  # a full run's own suffix
+    written = write(data, saved.parent, suffix=suffix, latest=suffix == plain)
     print("\n".join(str(p) for p in written.values()))
