@@ -310,9 +310,10 @@ def hostile_input(server: LocalServer, photo: bytes, seconds: float, clients: in
         try:
             answer = session.post(f"{server.url}{path}", data=body, headers=headers, timeout=60)
             status = str(answer.status_code)
-            coded = answer.status_code == 200 or "code" in answer.json()
+            error = {} if answer.status_code == 200 else answer.json()
+            coded = answer.status_code == 200 or "code" in error
             if answer.status_code >= 500:
-                status = f"{status} {answer.json().get('code')}: {answer.json().get('error', '')[:90]}"  # who gave up
+                status = f"{status} {error.get('code')}: {error.get('error', '')[:90]}"  # who gave up
         except (requests.RequestException, ValueError) as exc:
             status, coded = type(exc).__name__, False
         with lock:
@@ -426,8 +427,8 @@ def main(argv: list[str] | None = None) -> int:
         cases.append(hostile_input(server, body, 2 * args.seconds))
         cases.extend(run_faults(server, body))
     if args.soak_minutes:
-        # on a server of its own: after the faults, a respawned mule may have timed its batch
-        # sizes under load (see docs/reliability.md), which is not what a soak measures
+        # on a server of its own: the soak measures a server in normal service, not one that
+        # has just taken the faults (one run that soaked after them failed: docs/reliability.md)
         with served(model, "reliability-soak") as server:
             cases.append(soak(server, body, rps, args.soak_minutes))
     cases.extend(run_restarting_faults(model, body))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,14 +35,12 @@ class Workload:
     content_type: str
     concurrency: str  # the default client counts
     ceiling_batch: int  # the batch the in-process ceiling runs at (the issue's reference)
+    bodies: Callable[[], list[bytes]]  # the request bodies the clients send in turn
     ceiling_decode: str = "server"  # "server": the server's decode_image; "naive": full decode, then resize
 
     def model_path(self) -> Path:
         bundled = PROJECT_ROOT / self.model
         return bundled if bundled.is_file() else ensure_model(self.model)
-
-    def bodies(self) -> list[bytes]:
-        return BODIES[self.name]()
 
     @property
     def is_tabular(self) -> bool:
@@ -68,22 +67,12 @@ class Workload:
         normalize(pixels, spec.preprocess, spec.input.dtype, out=out)
 
 
-def _photos_224() -> list[bytes]:
-    return photos()
-
-
 def _digits_png() -> list[bytes]:
-    """Two 64x64 grayscale PNGs of a drawn digit (the demo model takes 32x32: the server resizes)."""
-    from PIL import Image, ImageDraw  # noqa: PLC0415
+    """Two held-out digits as 64x64 PNGs, drawn as the demo model's tests draw them (the model
+    takes 32x32: the server resizes)."""
+    from training.digits import heldout_split, render_png  # noqa: PLC0415
 
-    found = []
-    for digit in ("3", "7"):
-        image = Image.new("L", (64, 64), 0)
-        ImageDraw.Draw(image).text((20, 10), digit, fill=255, font_size=44)
-        buffer = io.BytesIO()
-        image.save(buffer, "PNG")
-        found.append(buffer.getvalue())
-    return found
+    return [render_png(digit) for digit in heldout_split()[2][:2]]
 
 
 def _tabular_json() -> list[bytes]:
@@ -106,18 +95,16 @@ def _photo_12mp() -> list[bytes]:
     return [path.read_bytes()]
 
 
-BODIES = {"mobilenet": _photos_224, "small": _digits_png, "tabular": _tabular_json, "photo12mp": _photo_12mp}
-
 WORKLOADS = {
     w.name: w
     for w in (
         Workload("mobilenet", "MobileNetV2 (224x224 input), two JPEG photos of 640x427", "mobilenet_v2",
-                 "symmetric", "image/jpeg", "1,4,16,32,64", 16),
+                 "symmetric", "image/jpeg", "1,4,16,32,64", 16, photos),
         Workload("small", "digits CNN (32x32x1), 64x64 PNG", "models/digits.keras", "unit", "image/png",
-                 "1,16,64", 64),
+                 "1,16,64", 64, _digits_png),
         Workload("tabular", f"MLP ({TABULAR_FEATURES} features), JSON instances", "tabular_mlp", "none",
-                 "application/json", "1,16,64", 64),
+                 "application/json", "1,16,64", 64, _tabular_json),
         Workload("photo12mp", "MobileNetV2, 12 MP phone JPEG (3-4 MB)", "mobilenet_v2", "symmetric", "image/jpeg",
-                 "1,16", 16, ceiling_decode="naive"),
+                 "1,16", 16, _photo_12mp, ceiling_decode="naive"),
     )
 }

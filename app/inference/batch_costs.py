@@ -16,14 +16,14 @@ import logging
 import os
 from pathlib import Path
 
+from app.inference import versions
+
 log = logging.getLogger(__name__)
 
 
 def _key(model: Path, buckets: tuple[int, ...]) -> dict:
     """What the costs hold for: these files, as they are now, called at these batch sizes."""
-    paths = [model, *model.rglob("*")] if model.is_dir() else [model]
-    changed = max(p.stat().st_mtime_ns for p in paths)
-    return {"model": str(model.resolve()), "changed_ns": changed, "buckets": list(buckets)}
+    return {"model": str(model.resolve()), "changed": versions.newest_change(model), "buckets": list(buckets)}
 
 
 def recall(directory: Path, model: Path, buckets: tuple[int, ...]) -> dict[int, float] | None:

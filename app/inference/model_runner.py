@@ -155,12 +155,13 @@ def load_runner(settings: Settings, costs_dir: Path | None = None) -> ModelRunne
     # only the mule's batch limit uses the costs; a worker-mode worker only needs warm shapes
     # (with variable dimensions the cost depends on each batch's sizes: no single limit to choose)
     timed = settings.inference_mode == "mule" and settings.batch_autotune and not spec.is_variable
-    known = batch_costs.recall(costs_dir, path, runner.buckets) if timed and costs_dir else None
+    shared = timed and costs_dir is not None
+    known = batch_costs.recall(costs_dir, path, runner.buckets) if shared else None
     runner.warmup(repeats=3 if timed and known is None else 0)
     if known is not None:
         runner.batch_costs_ms = known
         log.info("batch costs as the previous mule measured them for these files (a respawn times nothing)")
-    elif timed and costs_dir:
+    elif shared:
         batch_costs.remember(costs_dir, path, runner.buckets, runner.batch_costs_ms)
     log.info(
         "model %s version %d loaded from %s in %.1fs: inputs %s, outputs %s; ms per call by batch size %s",

@@ -48,7 +48,7 @@ def complete_versions(root: Path, settle_s: float, now: float | None = None) -> 
     found = []
     for number, directory in sorted(_numbered(root)):
         model = model_in(directory)
-        if model is not None and now - _newest_change(directory) >= settle_s:
+        if model is not None and now - newest_change(directory) >= settle_s:
             found.append(Version(number, model))
     return found
 
@@ -82,7 +82,7 @@ def choose(root: Path, pin: int, settle_s: float) -> Version:
 def changed_at(root: Path, number: int) -> float:
     """When version `number`'s files last changed (0 if it is gone or `root` holds no versions)."""
     try:
-        return _newest_change(root / str(number)) if is_versioned(root) else 0.0
+        return newest_change(root / str(number)) if is_versioned(root) else 0.0
     except FileNotFoundError:
         return 0.0
 
@@ -93,12 +93,12 @@ def _numbered(root: Path):
             yield int(child.name), child
 
 
-def _newest_change(directory: Path) -> float:
-    """The latest modification time of the directory or anything in it."""
-    newest = directory.stat().st_mtime
-    for path in directory.rglob("*"):
+def newest_change(path: Path) -> float:
+    """The latest modification time of the directory or anything in it (of a file: its own)."""
+    newest = path.stat().st_mtime
+    for inner in path.rglob("*"):
         try:
-            newest = max(newest, path.stat().st_mtime)
+            newest = max(newest, inner.stat().st_mtime)
         except FileNotFoundError:  # removed while we looked: it changed
             return time.time()
     return newest

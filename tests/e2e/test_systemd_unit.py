@@ -52,7 +52,6 @@ pytestmark = [
 ]
 
 
-
 def join_network(pid: int) -> None:
     """Move the calling thread (only it: setns acts per thread) into the network namespace of `pid`."""
     libc = ctypes.CDLL(None, use_errno=True)

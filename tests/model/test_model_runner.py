@@ -69,7 +69,7 @@ def test_a_respawned_mule_reuses_the_costs_of_unchanged_files_and_times_changed_
     assert timed == [0] and again.batch_costs_ms == first.batch_costs_ms
     assert load_runner(settings_for(path)).batch_costs_ms and timed == [0, 3]  # no costs_dir (the ceiling): timed
     small_model.save(path)  # a new file at the same path: its costs are measured, not recalled
-    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 1))
+    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 1_000_000_000))  # saved a second later
     load_runner(settings_for(path), costs)
     assert timed == [0, 3, 3]
     assert load_runner(replace(settings_for(path), batch_buckets=(1, 2)), costs).batch_costs_ms.keys() == {1, 2}
