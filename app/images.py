@@ -18,9 +18,13 @@ from app.errors import ApiError
 Image.MAX_IMAGE_PIXELS = None
 
 # Every format Pillow reads but EPS, whose decoder runs Ghostscript (an interpreter of untrusted
-# PostScript, with a history of code-execution bugs): an EPS upload is answered 415.
+# PostScript, with a history of code-execution bugs): an EPS upload is answered 415. Pillow tries
+# them in this order, and a format without a magic-number check is tried by parsing a header, so
+# the formats clients send come first: in alphabetical order a PNG waited on 20 others (~90 us).
 Image.init()
-READABLE_FORMATS = tuple(sorted(name for name in Image.OPEN if name != "EPS"))
+_COMMON_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
+READABLE_FORMATS = (*(name for name in _COMMON_FORMATS if name in Image.OPEN),
+                    *sorted(name for name in Image.OPEN if name not in _COMMON_FORMATS and name != "EPS"))
 
 _SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 
@@ -61,9 +65,11 @@ def decode_image(
             warnings.simplefilter("ignore")
             # JPEG can decode at 1/2, 1/4, 1/8 scale for free when the target is much smaller.
             # The draft size is in stored (pre-rotation) pixels: swap it when EXIF turns the image by 90 degrees.
-            turned = image.getexif().get(ExifTags.Base.Orientation) in (5, 6, 7, 8)
+            orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
+            turned = orientation in (5, 6, 7, 8)
             image.draft("RGB" if channels >= 3 else "L", (target_h, target_w) if turned else (target_w, target_h))
-            image = ImageOps.exif_transpose(image)
+            if orientation in range(2, 9):  # exif_transpose copies even an upright image
+                image = ImageOps.exif_transpose(image)
             image = _to_mode(image, "L" if channels == 1 else ("RGBA" if channels == 4 else "RGB"))
             image = _resize(image, (target_w, target_h), resize_mode)
             array = np.asarray(image, dtype=np.uint8)
