@@ -244,9 +244,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: 2 s windows, 2 pairs, concurrency 1,16, no memory probe;"
                              " writes <date>-quick.* and leaves latest.md alone")
-    parser.add_argument("--workers", type=int, default=4, help="mule mode WORKERS (default 4)")
-    parser.add_argument("--threads", type=int, default=4, help="mule mode THREADS (default 4)")
-    parser.add_argument("--max-batch", type=int, default=16, help="mule mode MAX_BATCH_SIZE (default 16)")
+    parser.add_argument("--workers", type=int, help="mule mode WORKERS (default: the workload's, 4 or 2)")
+    parser.add_argument("--threads", type=int, help="mule mode THREADS (default: the workload's, 4 or 16)")
+    parser.add_argument("--max-batch", type=int, help="mule mode MAX_BATCH_SIZE (default: the workload's, 16 or 32)")
     parser.add_argument("--worker-mode-workers", type=int, default=4, help="worker mode WORKERS, THREADS=1")
     parser.add_argument("--memory-probe-workers",
                         help="mule mode worker counts for the one-model-copy check (default 2,8 for mobilenet;"
@@ -265,7 +265,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     # what --quick changes, unless an option says otherwise
     workload = WORKLOADS[args.workload]
+    workers, threads, max_batch = workload.mule_settings
     defaults = {"window": (5.0, 2.0), "pairs": (5, 2), "warmup": (3.0, 2.0),
+                "workers": (workers,) * 2, "threads": (threads,) * 2, "max_batch": (max_batch,) * 2,
                 "concurrency": (workload.concurrency, "1,16"),
                 "memory_probe_workers": ("2,8" if workload.name == "mobilenet" else "", ""),
                 "kinds": (DEFAULT_KINDS.get(workload.name, "mule") + (",triton" if args.triton_python else ""),) * 2}

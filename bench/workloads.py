@@ -37,6 +37,9 @@ class Workload:
     ceiling_batch: int  # the batch the in-process ceiling runs at (the reference)
     bodies: Callable[[], list[bytes]]  # the request bodies the clients send in turn
     ceiling_decode: str = "server"  # "server": the server's decode_image; "naive": full decode, then resize
+    # the mule-mode server's WORKERS, THREADS and MAX_BATCH_SIZE: a cheap model wants more slots
+    # (requests in flight) and larger batches, fewer processes sharing the cores (README, Performance)
+    mule_settings: tuple[int, int, int] = (4, 4, 16)
 
     def model_path(self) -> Path:
         bundled = PROJECT_ROOT / self.model
@@ -101,9 +104,9 @@ WORKLOADS = {
         Workload("mobilenet", "MobileNetV2 (224x224 input), two JPEG photos of 640x427", "mobilenet_v2",
                  "symmetric", "image/jpeg", "1,4,16,32,64", 16, photos),
         Workload("small", "digits CNN (32x32x1), 64x64 PNG", "models/digits.keras", "unit", "image/png",
-                 "1,16,64", 64, _digits_png),
+                 "1,16,64", 64, _digits_png, mule_settings=(2, 16, 32)),
         Workload("tabular", f"MLP ({TABULAR_FEATURES} features), JSON instances", "tabular_mlp", "none",
-                 "application/json", "1,16,64", 64, _tabular_json),
+                 "application/json", "1,16,64", 64, _tabular_json, mule_settings=(2, 16, 32)),
         Workload("photo12mp", "MobileNetV2, 12 MP phone JPEG (3-4 MB)", "mobilenet_v2", "symmetric", "image/jpeg",
                  "1,16", 16, _photo_12mp, ceiling_decode="naive"),
     )
