@@ -274,7 +274,6 @@ def test_text_file_is_unsupported():
     assert (info.value.status, info.value.code) == (415, "unsupported_image")
 
 
-
 def test_eps_is_refused_without_running_ghostscript():
     eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\nshowpage\n%%EOF\n"
     with pytest.raises(ApiError) as info:
@@ -286,6 +285,7 @@ def test_every_other_format_is_read_common_ones_first():
     Image.init()
     assert set(READABLE_FORMATS) == set(Image.OPEN) - {"EPS"}
     assert READABLE_FORMATS[:2] == ("JPEG", "PNG")  # tried first: no other parser runs on them
+
 
 def test_truncated_jpeg_is_invalid():
     noise = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
