@@ -164,7 +164,9 @@ def _best_batch_note(results: dict[str, Any]) -> list[str]:
                      for r in k["rows"] for p in r["pairs"]} - {None})
     text = (f"The issue's ceiling uses batches of {batch16}. Timed at its own warm-up, the cheapest batch per row"
             f" is {best['batch']} (ms per row by batch size: {per_row}).")
-    if limits:
+    if limits and results["settings"]["servers"]["mule"].get("BATCH_AUTOTUNE", "on") == "off":
+        text += f" The mule ran batches of up to {' / '.join(map(str, limits))} rows (BATCH_AUTOTUNE=off)."
+    elif limits:
         text += (f" The mule times its own warm-up the same way and capped its batches at"
                  f" {' / '.join(map(str, limits))} (BATCH_AUTOTUNE).")
     if best["pairs"]:
@@ -275,7 +277,8 @@ def markdown(results: dict[str, Any]) -> str:
         " (launcher, supervisord, nginx, uWSGI master, workers, mule), read right after each window;"
         " a process counts as holding a model copy when it maps TensorFlow."
         f" Settings: mule mode WORKERS={mule['WORKERS']} THREADS={mule['THREADS']}"
-        f" MAX_BATCH_SIZE={mule['MAX_BATCH_SIZE']} (default buckets, BATCH_TIMEOUT_MS=0); worker mode"
+        f" MAX_BATCH_SIZE={mule['MAX_BATCH_SIZE']} BATCH_AUTOTUNE={mule.get('BATCH_AUTOTUNE', 'on')}"
+        " (default buckets, BATCH_TIMEOUT_MS=0); worker mode"
         f" WORKERS={worker['WORKERS']} THREADS=1 ({worker['WORKERS']} model copies); both behind nginx with"
         " HOST=127.0.0.1 and LOG_LEVEL=info. The recipe is `bench/recipe_app.py` (Flask, model loaded at"
         " import, PIL decode, `model.predict` per request) under `uwsgi --http-socket --processes 1"

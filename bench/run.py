@@ -41,7 +41,7 @@ def server_env(kind: str, args: argparse.Namespace, workers: int | None = None) 
            "LOG_LEVEL": "info"}
     if kind == "mule":
         env |= {"INFERENCE_MODE": "mule", "WORKERS": str(workers or args.workers), "THREADS": str(args.threads),
-                "MAX_BATCH_SIZE": str(args.max_batch)}
+                "MAX_BATCH_SIZE": str(args.max_batch), "BATCH_AUTOTUNE": args.batch_autotune}
     else:
         env |= {"INFERENCE_MODE": "worker", "WORKERS": str(workers or args.worker_mode_workers), "THREADS": "1"}
     return env
@@ -247,6 +247,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, help="mule mode WORKERS (default: the workload's, 4 or 2)")
     parser.add_argument("--threads", type=int, help="mule mode THREADS (default: the workload's, 4 or 16)")
     parser.add_argument("--max-batch", type=int, help="mule mode MAX_BATCH_SIZE (default: the workload's, 16 or 32)")
+    parser.add_argument("--batch-autotune", choices=("on", "off"), default="on",
+                        help="mule mode BATCH_AUTOTUNE; off runs batches of up to MAX_BATCH_SIZE whatever each"
+                             " size costs per row on this machine")
     parser.add_argument("--worker-mode-workers", type=int, default=4, help="worker mode WORKERS, THREADS=1")
     parser.add_argument("--memory-probe-workers",
                         help="mule mode worker counts for the one-model-copy check (default 2,8 for mobilenet;"
