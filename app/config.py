@@ -125,6 +125,7 @@ class Settings:
     batch_buckets: tuple[int, ...] = field(default=(1, 2, 3, 4, 6, 8, 12, 16))
     max_queue_rows: int = 256
     model_concurrency: int = 1
+    model_thread_spinning: bool = False
     request_timeout_ms: int = 30_000
     slot_mb: int = 8
     listen_backlog: int = 128
@@ -221,6 +222,7 @@ class Settings:
             batch_buckets=_buckets(env.get("BATCH_BUCKETS", ""), max_batch),
             max_queue_rows=_int(env, "MAX_QUEUE_ROWS", 256, minimum=1),
             model_concurrency=_int(env, "MODEL_CONCURRENCY", 1, minimum=1),
+            model_thread_spinning=_flag(env, "MODEL_THREAD_SPINNING", False),
             request_timeout_ms=_int(env, "REQUEST_TIMEOUT_MS", 30_000, minimum=1),
             slot_mb=_int(env, "SLOT_MB", 8, minimum=1),
             listen_backlog=_int(env, "LISTEN_BACKLOG", 128, minimum=1),

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -191,3 +194,22 @@ def test_variable_dimensions_load_and_run_at_any_size(tmp_path):
         (got,) = runner.run([rows])
         assert got.shape == (3, length, 3)
         np.testing.assert_allclose(got, model(rows, training=False).numpy(), atol=1e-5)
+
+
+@pytest.mark.parametrize(("setting", "disabled"), [("", True), ("on", False)])
+def test_thread_spinning_setting_reaches_tensorflow(setting, disabled):
+    """MODEL_THREAD_SPINNING goes through a private attribute of TensorFlow's eager context: this
+    fails if a TensorFlow upgrade stops honouring it. A fresh process, as the context is set once."""
+    script = (
+        "from app.config import Settings\n"
+        "from app.inference.model_runner import load_runner\n"
+        "runner = load_runner(Settings.from_env())\n"
+        "runner.run([runner.spec.input.empty(1, runner.spec.input.shape)])\n"
+        "from tensorflow.python.eager import context\n"
+        "print('disabled', context.context().config.experimental.disable_thread_spinning)\n"
+    )
+    env = {**os.environ, "MODEL_THREAD_SPINNING": setting, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300,
+                          check=False, cwd=Path(__file__).resolve().parents[2])
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split()[-2:] == ["disabled", str(disabled)]
