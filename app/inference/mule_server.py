@@ -214,6 +214,7 @@ class MuleServer:
             idle = self.settings.model_concurrency - self._batches_running()
             self._free_buffers = [runner.new_buffer() for _ in range(idle)]
             self.policy.max_batch = self._batch_limit(runner)
+            self.policy.costs_ms = runner.batch_costs_ms if self.settings.batch_autotune else {}  # pad or split
             self.error, self.reload_error, self._failed, self.unloaded = None, None, None, False
             if not first:
                 self.reloads += 1

@@ -266,3 +266,59 @@ def test_only_requests_of_the_oldest_ones_shape_share_a_batch():
     first = p.decide(now=1.0)
     assert first.batch == [a, c] and list(p.queue) == [b, d] and p.queued_rows == 2
     assert p.decide(now=1.0).batch == [b, d] and p.queued_rows == 0
+
+
+BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16)
+CPU_LIKE = {n: 5.0 + 10.0 * n for n in BUCKETS}  # every row, padding or not, costs 10 ms
+GPU_LIKE = {n: 10.0 + 0.1 * n for n in BUCKETS}  # the call costs, rows hardly do
+
+
+def queued(p: BatchPolicy, rows: list[int]) -> list[Pending]:
+    requests = [pending(rows=r, arrival=i / 100) for i, r in enumerate(rows)]
+    for r in requests:
+        assert p.admit(r)
+    return requests
+
+
+def test_with_measured_costs_a_batch_that_would_be_padded_leaves_the_newest_for_the_next():
+    p = policy(max_batch=16)
+    p.costs_ms = CPU_LIKE
+    requests = queued(p, [1] * 13)  # 13 rows would run padded to 16: 3 rows of the call wasted
+    assert p.decide(now=1.0).batch == requests[:12]
+    assert list(p.queue) == requests[12:] and p.queued_rows == 1  # the 13th leads the next batch
+    assert p.decide(now=1.0).batch == requests[12:]
+
+
+def test_padding_stays_when_it_is_cheaper_than_another_call():
+    p = policy(max_batch=16)
+    p.costs_ms = GPU_LIKE
+    requests = queued(p, [1] * 13)
+    assert p.decide(now=1.0).batch == requests  # padded to 16: one call instead of two
+
+
+def test_without_measured_costs_batches_are_padded_as_before():
+    p = policy(max_batch=16)
+    requests = queued(p, [1] * 13)
+    assert p.decide(now=1.0).batch == requests
+
+
+def test_requests_of_several_rows_are_kept_whole():
+    p = policy(max_batch=16)
+    p.costs_ms = CPU_LIKE
+    requests = queued(p, [4, 4, 1])  # 9 rows would run padded to 12; the first two fill 8
+    assert p.decide(now=1.0).batch == requests[:2]
+    assert p.decide(now=1.0).batch == requests[2:]
+
+
+def test_with_any_costs_every_request_runs_once_in_arrival_order():
+    rng = random.Random(7)
+    for _ in range(300):
+        p = policy(max_batch=16)
+        p.costs_ms = {n: rng.uniform(1.0, 50.0) * n ** rng.uniform(0.2, 1.3) for n in BUCKETS}
+        requests = queued(p, [rng.randint(1, 6) for _ in range(rng.randint(1, 12))])
+        ran = []
+        while p.queue:
+            batch = p.decide(now=1.0).batch
+            assert batch and sum(r.rows for r in batch) <= 16
+            ran += batch
+        assert ran == requests and p.queued_rows == 0

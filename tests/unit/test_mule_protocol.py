@@ -118,6 +118,8 @@ def test_batch_limit_comes_from_the_measured_costs(tmp_path, autotune, limit):
         assert stats.batch_cost_ms == {"1": 10.0, "2": 12.0, "4": 40.0, "8": 100.0}
         assert max(model.calls) <= limit
         assert max(r.batch_size for r in results) > (1 if autotune else 2)  # batches still form, up to the limit
+        # the costs also decide between padding and splitting; BATCH_AUTOTUNE=off always pads
+        assert harness.server.policy.costs_ms == ({1: 10.0, 2: 12.0, 4: 40.0, 8: 100.0} if autotune else {})
     finally:
         harness.close()
 
