@@ -88,8 +88,10 @@ class _Worker:
         from app.inference.model_runner import load_runner  # noqa: PLC0415 - the only TensorFlow import
 
         self.workload = workload
+        # TensorFlow's own thread spinning (kerasrv turns it off), as a plain script would run it
         self.settings = Settings.from_env({"MODEL_PATH": str(workload.model_path()), "PREPROCESS": workload.preprocess,
-                                           "MAX_BATCH_SIZE": str(workload.ceiling_batch)})
+                                           "MAX_BATCH_SIZE": str(workload.ceiling_batch),
+                                           "MODEL_THREAD_SPINNING": "on"})
         started = time.perf_counter()
         self.runner = load_runner(self.settings)
         self.load_s = time.perf_counter() - started

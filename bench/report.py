@@ -257,7 +257,9 @@ def markdown(results: dict[str, Any]) -> str:
         "## How measured",
         "",
         f"`python -m bench.run` measures everything in one run. The ceiling is a separate long-lived process"
-        f" that loads the model with the server's own `load_runner` and, serially, decodes and preprocesses"
+        " that loads the model with the server's own `load_runner` (with TensorFlow's default thread"
+        " spinning, `MODEL_THREAD_SPINNING=on`, as Triton's model function too) and, serially, decodes and"
+        f" preprocesses"
         f" {settings['ceiling']['batch']} request bodies ({CEILING_PREPARES[settings.get('ceiling_decode', 'server')]},"
         f" `PREPROCESS={settings['servers']['mule']['PREPROCESS']}`), then"
         " makes one model call on them, for the whole window; its batch-1 latency is the median time of one"

@@ -36,7 +36,9 @@ def main(workload: Workload, http_port: int, grpc_port: int, metrics_port: int) 
     from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor  # noqa: PLC0415
     from pytriton.triton import Triton, TritonConfig  # noqa: PLC0415
 
-    settings = Settings.from_env({"MODEL_PATH": str(workload.model_path()), "PREPROCESS": workload.preprocess})
+    # TensorFlow's own thread spinning (kerasrv turns it off), as a Triton Python model would run it
+    settings = Settings.from_env({"MODEL_PATH": str(workload.model_path()), "PREPROCESS": workload.preprocess,
+                                  "MODEL_THREAD_SPINNING": "on"})
     runner = load_runner(settings)
     spec = runner.spec
     (rows,) = runner.new_buffer()
