@@ -28,16 +28,19 @@ def per_row_ms(costs_ms: dict[int, float]) -> dict[int, float]:
     return {size: ms / size for size, ms in costs_ms.items() if ms > 0}
 
 
-def efficient_batch(costs_ms: dict[int, float], tolerance: float = 0.05) -> int | None:
+TOLERANCE = 0.05  # costs this close count as equal: the noise of a warm-up's timing
+
+
+def efficient_batch(costs_ms: dict[int, float], tolerance: float = TOLERANCE) -> int | None:
     """The largest batch size whose time per row is within `tolerance` of the cheapest one; None
     when nothing was measured."""
     per_row = per_row_ms(costs_ms)
     return _largest_near_cheapest(per_row, tolerance) if per_row else None
 
 
-def _largest_near_cheapest(cost_by_size: dict[int, float], tolerance: float = 0.05) -> int:
-    """Ties (within `tolerance`, the noise of a warm-up's timing) go to the larger size: it costs
-    the same per row and leaves fewer requests waiting for the next call."""
+def _largest_near_cheapest(cost_by_size: dict[int, float], tolerance: float) -> int:
+    """Ties (within `tolerance`) go to the larger size: it costs the same per row and leaves fewer
+    requests waiting for the next call."""
     cheapest = min(cost_by_size.values())
     return max(size for size, cost in cost_by_size.items() if cost <= cheapest * (1 + tolerance))
 
@@ -138,4 +141,4 @@ class BatchPolicy:
             if bucket is None:  # beyond the buckets the runner calls in chunks: no single cost
                 break
             per_row[count] = self.costs_ms[bucket] / rows
-        return batch[:_largest_near_cheapest(per_row)] if per_row else batch
+        return batch[:_largest_near_cheapest(per_row, TOLERANCE)] if per_row else batch
