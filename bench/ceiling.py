@@ -30,6 +30,7 @@ import numpy as np
 
 from app.config import PROJECT_ROOT, Settings
 from app.inference.batching import efficient_batch
+from app.launch import MALLOC_DEFAULTS
 from bench.workloads import WORKLOADS, Workload
 
 
@@ -37,7 +38,8 @@ class Ceiling:
     """Client side: starts `python -m bench.ceiling WORKLOAD` and sends it commands."""
 
     def __init__(self, workload: Workload, cpus: str | None = None, timeout: float = 300):
-        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+        # the server's malloc thresholds, so the ceiling is not slowed by page faults the server avoids
+        env = {**MALLOC_DEFAULTS, **os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
         command = [sys.executable, "-m", "bench.ceiling", workload.name]
         self.batch = workload.ceiling_batch
         if cpus:

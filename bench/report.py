@@ -179,6 +179,15 @@ def _best_batch_note(results: dict[str, Any]) -> list[str]:
     return [text, ""]
 
 
+def _malloc_note(settings: dict[str, Any]) -> str:
+    """Runs since 2026-12-02 give the ceiling and Triton the server's glibc malloc thresholds."""
+    malloc = settings.get("malloc")
+    if not malloc:
+        return ""
+    values = ", ".join(f"`{k}={v}`" for k, v in malloc.items())
+    return f", with the server's glibc malloc thresholds ({values}, as Triton too)"
+
+
 def _fmt(value: float | None, digits: int = 1) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
@@ -258,7 +267,8 @@ def markdown(results: dict[str, Any]) -> str:
         "",
         f"`python -m bench.run` measures everything in one run. The ceiling is a separate long-lived process"
         " that loads the model with the server's own `load_runner` (with TensorFlow's default thread"
-        " spinning, `MODEL_THREAD_SPINNING=on`, as Triton's model function too) and, serially, decodes and"
+        " spinning, `MODEL_THREAD_SPINNING=on`, as Triton's model function too)"
+        f"{_malloc_note(settings)} and, serially, decodes and"
         f" preprocesses {settings['ceiling']['batch']} request bodies"
         f" ({CEILING_PREPARES[settings.get('ceiling_decode', 'server')]},"
         f" `PREPROCESS={settings['servers']['mule']['PREPROCESS']}`), then"

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from app.config import PROJECT_ROOT
+from app.launch import MALLOC_DEFAULTS
 from bench import report
 from bench.ceiling import Ceiling
 from bench.load import Load, Request
@@ -333,6 +334,8 @@ def main(argv: list[str] | None = None) -> int:
                         "input": ceiling.info.get("input")},
             "servers": {k: server_env(k, args) for k in ("mule", "worker")},
             "memory_probe_workers": args.memory_probe_workers,
+            # glibc malloc thresholds of every process measured (the launcher's, given to the peers too)
+            "malloc": {k: os.environ.get(k, v) for k, v in MALLOC_DEFAULTS.items()},
         },
         "kinds": kinds,
         "memory_probe": probes,

@@ -17,6 +17,7 @@ from typing import Any
 import requests
 
 from app.config import PROJECT_ROOT
+from app.launch import MALLOC_DEFAULTS
 from bench import triton_app
 from bench.load import Request
 from bench.workloads import Workload
@@ -254,8 +255,9 @@ class Triton(_Process):
         port, self.metrics_port = free_port(), free_port()
         command = [python, "-m", "bench.triton_app", workload.name, str(port), str(free_port()),
                    str(self.metrics_port)]
-        super().__init__(command, {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(PROJECT_ROOT)}, port,
-                         workload)
+        # the server's malloc thresholds too: a peer is not weakened by page faults kerasrv avoids
+        env = {**MALLOC_DEFAULTS, **os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(PROJECT_ROOT)}
+        super().__init__(command, env, port, workload)
 
     def load_requests(self, bodies: list[bytes]) -> list[Request]:
         path = f"/v2/models/{triton_app.MODEL_NAME}/infer"

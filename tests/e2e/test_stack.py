@@ -332,3 +332,39 @@ def test_streamed_uploads_are_read_whole(digits):
     huge = requests.post(f"{digits.url}/predict", data=pieces(b"\0" * (11 << 20), 1 << 20),
                          headers={"Content-Type": "image/png"})
     assert huge.status_code == 413 and huge.json()["code"] == "payload_too_large"
+
+
+def _worker_page_faults(server: LocalServer) -> int:
+    """Minor page faults of the uWSGI workers so far (/proc/PID/stat, field 10)."""
+    return sum(int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[7]) for pid in server.worker_pids())
+
+
+def _faults_per_request(server: LocalServer, photo: bytes, warm: int = 40, measured: int = 20) -> float:
+    """The median page faults one request costs the workers, once every thread has served a few."""
+    with requests.Session() as session:
+        def post() -> None:
+            response = session.post(f"{server.url}/predict", data=photo, headers={"Content-Type": "image/png"})
+            assert response.status_code == 200, response.text
+
+        for _ in range(warm):
+            post()
+        faults = []
+        for _ in range(measured):
+            before = _worker_page_faults(server)
+            post()
+            faults.append(_worker_page_faults(server) - before)
+    return float(np.median(faults))
+
+
+def test_request_buffers_are_reused_not_faulted_in_afresh(digits, start_server):
+    """The launcher's malloc thresholds (app.launch.MALLOC_DEFAULTS) keep a request's freed body,
+    pixels and tensors in the heap: glibc's defaults hand every block over 128 KB back to the
+    kernel, and the next request faults each page in again (CPU the model needs). The same server
+    with glibc's defaults put back through the environment shows the difference."""
+    photo = png_bytes(np.random.default_rng(3).integers(0, 255, (800, 800), dtype=np.uint8))  # ~640 KB
+    assert len(photo) > 512 * 1024
+    kept = _faults_per_request(digits, photo)
+    glibc = start_server({"MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "131072"}, name="glibc-malloc")
+    returned = _faults_per_request(glibc, photo)
+    assert kept < 20, (kept, returned)
+    assert returned > 100, (kept, returned)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from app.config import PROJECT_ROOT, Settings
-from app.launch import kserve_arguments, prepare, render_nginx
+from app.launch import MALLOC_DEFAULTS, kserve_arguments, prepare, render_nginx
 from tests.doubles import self_signed_cert
 
 NGINX = shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if Path(p).exists()),
@@ -109,6 +109,8 @@ def test_prepare_environment(prepared):
     assert int(env["KERASRV_SHAREDAREA_PAGES"]) * 4096 >= 6 * 1024 * 1024  # 6 slots of 1 MB
     assert env["KERASRV_MULE"] == "1"  # mule mode is the default
     assert Path(env["KERASRV_NGINX"]).exists()
+    assert {k: env[k] for k in MALLOC_DEFAULTS} == {"MALLOC_MMAP_THRESHOLD_": "33554432",
+                                                    "MALLOC_TRIM_THRESHOLD_": "268435456"}
 
 
 def test_prepare_worker_mode_starts_no_mule(tmp_path, monkeypatch):
@@ -119,6 +121,17 @@ def test_prepare_worker_mode_starts_no_mule(tmp_path, monkeypatch):
     settings = Settings.from_env({"RUNTIME_DIR": str(tmp_path / "run"), "INFERENCE_MODE": "worker"})
     env = prepare(settings, {"KERASRV_MULE": "1"})
     assert "KERASRV_MULE" not in env
+
+
+def test_prepare_keeps_the_users_malloc_thresholds(tmp_path, monkeypatch):
+    if NGINX is None:
+        pytest.skip("nginx is not installed")
+    monkeypatch.delenv("KERASRV_USER", raising=False)
+    tmp_path.chmod(0o755)
+    settings = Settings.from_env({"RUNTIME_DIR": str(tmp_path / "run")})
+    env = prepare(settings, {"MALLOC_TRIM_THRESHOLD_": "131072"})
+    assert env["MALLOC_TRIM_THRESHOLD_"] == "131072"
+    assert env["MALLOC_MMAP_THRESHOLD_"] == MALLOC_DEFAULTS["MALLOC_MMAP_THRESHOLD_"]
 
 
 def test_rendered_config_passes_nginx_t(prepared):
