@@ -75,9 +75,11 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
     metrics.instrument(app, settings.model_name)
     if settings.cors_origins:  # before the token check: a preflight carries no token
         cors.install(app, settings.cors_origins)
-    if settings.auth_tokens_file is not None:
-        auth.install(app, auth.TokenFile(settings.auth_tokens_file), settings.metrics_open)
+    tokens = auth.TokenFile(settings.auth_tokens_file) if settings.auth_tokens_file is not None else None
+    if tokens is not None:
+        auth.install(app, tokens, settings.metrics_open)
     from app import api_docs  # noqa: PLC0415
+    from app.fast_lane import FastLane  # noqa: PLC0415
     from app.protocols import tfserving, v2, v2_repository  # noqa: PLC0415
     from app.routes import bp  # noqa: PLC0415
 
@@ -86,4 +88,5 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
     app.register_blueprint(tfserving.bp)
     app.register_blueprint(v2.bp)
     app.register_blueprint(v2_repository.bp)
+    app.wsgi_app = FastLane(app, tokens)
     return app

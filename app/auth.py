@@ -71,7 +71,11 @@ def install(app: Flask, tokens: TokenFile, metrics_open: bool) -> None:
         rule = request.url_rule.rule if request.url_rule else None
         if rule in open_routes or request.method == "OPTIONS":  # CORS preflights carry no credentials
             return
-        header = request.headers.get("Authorization", "")
-        if not (header.startswith(SCHEME) and tokens.accepts(header[len(SCHEME):].encode())):
+        if not bearer_accepted(tokens, request.headers.get("Authorization", "")):
             raise ApiError(401, "unauthorized", "a valid 'Authorization: Bearer <token>' header is required",
                            headers={"WWW-Authenticate": 'Bearer realm="kerasrv"'})
+
+
+def bearer_accepted(tokens: TokenFile, header: str) -> bool:
+    """Whether an Authorization header carries an accepted bearer token."""
+    return header.startswith(SCHEME) and tokens.accepts(header[len(SCHEME):].encode())

@@ -28,6 +28,7 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 STATES = ("loading", "ready", "failed")
 
 # --- per request, in the workers ----------------------------------------------------------
+STARTED = "kerasrv.started"  # WSGI environ key: when app.fast_lane took a request it hands to Flask
 REQUESTS = Counter("kerasrv_requests", "HTTP requests answered by the app, by route and status code.",
                    ["model", "route", "code"])
 REQUEST_SECONDS = Histogram("kerasrv_request_duration_seconds",
@@ -80,15 +81,20 @@ def instrument(app: Flask, model: str) -> None:
 
     @app.before_request
     def _start_clock() -> None:
-        g.metrics_started = time.perf_counter()
+        g.metrics_started = request.environ.get(STARTED, time.perf_counter())
 
     @app.after_request
     def _count(response: Response) -> Response:
         route = request.url_rule.rule if request.url_rule else "unmatched"
-        REQUESTS.labels(model, route, str(response.status_code)).inc()
-        if "metrics_started" in g:
-            REQUEST_SECONDS.labels(model, route).observe(time.perf_counter() - g.metrics_started)
+        count_answer(model, route, response.status_code, g.get("metrics_started"))
         return response
+
+
+def count_answer(model: str, route: str, status: int, started: float | None) -> None:
+    """One answer in kerasrv_requests and, when its start is known, in the duration histogram."""
+    REQUESTS.labels(model, route, str(status)).inc()
+    if started is not None:
+        REQUEST_SECONDS.labels(model, route).observe(time.perf_counter() - started)
 
 
 class _Present(Collector):

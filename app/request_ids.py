@@ -12,7 +12,7 @@ import logging
 import re
 import uuid
 
-from flask import Flask, Response, g, has_request_context, request
+from flask import Flask, Response, g, has_app_context, request
 
 HEADER = "X-Request-ID"
 VALID_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
@@ -20,7 +20,12 @@ VALID_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 def current() -> str:
     """The id of the request being handled, or "-" outside one (the mule, start-up)."""
-    return g.get("request_id", "-") if has_request_context() else "-"
+    return g.get("request_id", "-") if has_app_context() else "-"
+
+
+def take(given: str) -> str:
+    """The client's (nginx's) id if it is a plain token, else a new one."""
+    return given if VALID_ID.fullmatch(given) else uuid.uuid4().hex
 
 
 class RequestIdFilter(logging.Filter):
@@ -34,8 +39,7 @@ class RequestIdFilter(logging.Filter):
 def install(app: Flask) -> None:
     @app.before_request
     def _take_id() -> None:
-        given = request.headers.get(HEADER, "")
-        g.request_id = given if VALID_ID.fullmatch(given) else uuid.uuid4().hex
+        g.request_id = take(request.headers.get(HEADER, ""))
 
     @app.after_request
     def _echo_id(response: Response) -> Response:

@@ -8,7 +8,9 @@ from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4
 from app import metrics, serving
 from app.config import Settings
 from app.errors import ApiError
-from app.inputs import parse_inputs
+from app.inference.backend import Prediction
+from app.inference.spec import ModelSpec
+from app.inputs import Inputs, parse_inputs
 from app.outputs import raw_rows, top_k
 from app.tensors import images_to_array, rows_to_inputs
 
@@ -26,11 +28,18 @@ def _top_k_param(settings: Settings) -> int:
 
 @bp.post("/predict")
 def predict():
-    settings = serving.settings()
     deadline = serving.deadline()
     spec = serving.ready_spec()
     inputs, raw_instances = parse_inputs(request)
-    k = _top_k_param(settings)
+    body, result = prediction(spec, inputs, raw_instances, _top_k_param(serving.settings()), deadline)
+    return serving.answered(jsonify(body), result)
+
+
+def prediction(spec: ModelSpec, inputs: Inputs, raw_instances: object, k: int,
+               deadline: float) -> tuple[dict, Prediction]:
+    """/predict's answer and the prediction behind it, from parsed inputs: the view's and
+    app.fast_lane's, so the two cannot answer differently."""
+    settings = serving.settings()
     if raw_instances is not None:
         arrays = rows_to_inputs(raw_instances, spec, settings)
     else:
@@ -41,7 +50,7 @@ def predict():
         predictions = per_row if inputs.plural else per_row[0]
     else:
         predictions = raw_rows(result.outputs, spec)
-    return serving.answered(jsonify(model=spec.name, predictions=predictions), result)
+    return {"model": spec.name, "predictions": predictions}, result
 
 
 @bp.get("/health/live")

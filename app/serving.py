@@ -31,11 +31,12 @@ def ready_spec() -> ModelSpec:
     return status.spec
 
 
-def deadline() -> float:
-    """REQUEST_TIMEOUT_MS counted from when nginx received the request, time queued included; a
-    request already past it is shed here, before any decoding."""
+def deadline(request_start: str | None = None) -> float:
+    """REQUEST_TIMEOUT_MS counted from when nginx received the request (`request_start`, its
+    X-Request-Start header, read from the current request when not given), time queued included;
+    a request already past it is shed here, before any decoding."""
     budget = settings().request_timeout_ms / 1000
-    started = request.headers.get("X-Request-Start", "")
+    started = request.headers.get("X-Request-Start", "") if request_start is None else request_start
     try:
         waited = max(0.0, time.time() - float(started.removeprefix("t=")))
     except ValueError:
@@ -77,9 +78,12 @@ def readiness(response: Response, ready: bool) -> Response:
 
 def answered(response: Response, result: Prediction) -> Response:
     """The headers every inference answer carries: rows in its batch, the version that served it."""
-    response.headers["X-Batch-Size"] = str(result.batch_size)
-    response.headers["X-Model-Version"] = str(result.version)
+    response.headers.update(answer_headers(result))
     return response
+
+
+def answer_headers(result: Prediction) -> dict[str, str]:
+    return {"X-Batch-Size": str(result.batch_size), "X-Model-Version": str(result.version)}
 
 
 def json_body(data: bytes | None = None) -> dict:
