@@ -1,31 +1,64 @@
-"""POST /predict without Flask's request machinery, for the requests that need none of it.
+"""Inference requests answered without Flask's request machinery, for those that need none of it.
 
 Flask's routing, request and response objects and hooks cost a uWSGI worker about 0.3 ms of CPU
 per /predict (in-process, the model faked: 0.56 ms for a 64x64 PNG through Flask, 0.26 without
 it), a quarter of all the CPU a small model's request takes on 2 cores. So the app's WSGI callable
-looks at each request first: a POST /predict with an image or JSON body, no query string, no
-CORS origin and, where tokens are required, an accepted one, is parsed and answered here by the
-functions the view uses (app.inputs.body_inputs, app.routes.prediction), with its headers, request
-id and metrics. Anything else goes to Flask; so does every error, which Flask's error handlers
-render as on any route.
+looks at each request first: a POST to /predict (with an image or JSON body), to v2's `infer` or
+to TF Serving's `:predict`, with no query string, no CORS origin and, where tokens are required,
+an accepted one, is answered here by the function its view calls, with the view's headers,
+request id and metrics. Anything else goes to Flask; so does every error, which Flask's error
+handlers (the protocol blueprints' included) render as on any route.
 """
 
 from __future__ import annotations
 
 import io
+import re
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
-from flask import Flask, g
+from flask import Flask, Response, g, jsonify
 from werkzeug.exceptions import ClientDisconnected
 
 from app import auth, metrics, request_ids, serving
+from app.inference.backend import Prediction
 from app.inputs import body_inputs, in_body
+from app.protocols import tfserving, v2
 from app.routes import prediction
 
-ROUTE = "/predict"
-
 WsgiApp = Callable[[dict, Callable], Iterable[bytes]]
+Answer = Callable[..., tuple[Response, Prediction]]  # (call, **path parameters)
+
+
+def _predict(call: serving.Call) -> tuple[Response, Prediction]:
+    """/predict's view for a body `in_body` takes and the default top_k (no query string)."""
+    deadline = serving.deadline(call.request_start)
+    spec = serving.ready_spec()
+    inputs, raw_instances = body_inputs(call.content_type, call.body)
+    body, result = prediction(spec, inputs, raw_instances, serving.settings().default_top_k, deadline)
+    return jsonify(body), result
+
+
+@dataclass(frozen=True)
+class _Route:
+    rule: str  # Flask's rule for the same requests: the route label of the metrics
+    answer: Answer
+    takes_type: Callable[[str], bool] = lambda content_type: True  # the view reads any body
+
+    def pattern(self) -> re.Pattern[str]:
+        """The rule as a regular expression; a <parameter> is one path segment, as in Flask."""
+        parts = re.split(r"<(\w+)>", self.rule)  # literal, name, literal, ...
+        return re.compile("".join(f"(?P<{part}>[^/]+)" if i % 2 else re.escape(part) for i, part in enumerate(parts)))
+
+
+ROUTES = (
+    _Route("/predict", _predict, in_body),
+    _Route("/v2/models/<name>/infer", v2.answer),
+    _Route("/v2/models/<name>/versions/<version>/infer", v2.answer),
+    _Route("/v1/models/<name>:predict", tfserving.answer),
+    _Route("/v1/models/<name>/versions/<version>:predict", tfserving.answer),
+)
 
 
 class FastLane:
@@ -36,11 +69,14 @@ class FastLane:
         self._flask: WsgiApp = app.wsgi_app
         self._tokens = tokens
         self._settings = app.extensions["kerasrv.settings"]
+        self._routes = [(route.pattern(), route) for route in ROUTES]
 
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
         content_type = environ.get("CONTENT_TYPE", "").split(";", 1)[0].strip().lower()
-        if not self._takes(environ, content_type):
+        taken = self._takes(environ, content_type)
+        if taken is None:
             return self._flask(environ, start_response)
+        route, path_args = taken
         started = environ[metrics.STARTED] = time.perf_counter()
         request_id = environ["HTTP_X_REQUEST_ID"] = request_ids.take(environ.get("HTTP_X_REQUEST_ID", ""))
         with self._app.app_context():
@@ -50,29 +86,35 @@ class FastLane:
                 body = environ["wsgi.input"].read(length)
                 if len(body) < length:
                     raise ClientDisconnected()
-                deadline = serving.deadline(environ.get("HTTP_X_REQUEST_START", ""))
-                spec = serving.ready_spec()
-                inputs, raw_instances = body_inputs(content_type, body)
-                answer, result = prediction(spec, inputs, raw_instances, self._settings.default_top_k, deadline)
+                call = serving.Call(body, content_type, environ.get("HTTP_X_REQUEST_START", ""),
+                                    environ.get("HTTP_INFERENCE_HEADER_CONTENT_LENGTH"))
+                response, result = route.answer(call, **path_args)
             except Exception as exc:
                 return self._error(environ, start_response, exc)
-            response = self._app.json.response(answer)
         response.headers.update(serving.answer_headers(result))
         response.headers[request_ids.HEADER] = request_id
-        metrics.count_answer(self._settings.model_name, ROUTE, response.status_code, started)
+        metrics.count_answer(self._settings.model_name, route.rule, response.status_code, started)
         return response(environ, start_response)
 
-    def _takes(self, environ: dict, content_type: str) -> bool:
-        if environ.get("REQUEST_METHOD") != "POST" or environ.get("PATH_INFO") != ROUTE:
-            return False
-        if environ.get("QUERY_STRING") or not in_body(content_type):
-            return False
+    def _takes(self, environ: dict, content_type: str) -> tuple[_Route, dict[str, str]] | None:
+        """The route of a request the lane answers, and its path parameters; None for Flask."""
+        path = environ.get("PATH_INFO", "")
+        if environ.get("REQUEST_METHOD") != "POST" or environ.get("QUERY_STRING") or not path.isascii():
+            return None  # a non-ASCII path: Flask decodes it
+        found = next(((route, match) for pattern, route in self._routes if (match := pattern.fullmatch(path))), None)
+        if found is None:
+            return None
+        route, match = found
+        if not route.takes_type(content_type):
+            return None
         length = environ.get("CONTENT_LENGTH", "")
         if not length.isdigit() or not 0 < int(length) <= self._app.config["MAX_CONTENT_LENGTH"]:
-            return False  # Flask answers the limits
+            return None  # Flask answers the limits
         if self._settings.cors_origins and "HTTP_ORIGIN" in environ:
-            return False
-        return self._tokens is None or auth.bearer_accepted(self._tokens, environ.get("HTTP_AUTHORIZATION", ""))
+            return None
+        if self._tokens is not None and not auth.bearer_accepted(self._tokens, environ.get("HTTP_AUTHORIZATION", "")):
+            return None
+        return route, match.groupdict()
 
     def _error(self, environ: dict, start_response: Callable, exc: Exception) -> Iterable[bytes]:
         """`exc` answered as Flask answers it from the view, its hooks run (metrics, request id)."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 
 from flask import Response, current_app, request
 
@@ -14,6 +15,25 @@ from app.config import Settings
 from app.errors import ApiError
 from app.inference.backend import Backend, DeadlineExceeded, NotReady, Prediction
 from app.inference.spec import ModelSpec
+from app.protocols import v2_binary
+
+REQUEST_START = "X-Request-Start"  # set by nginx: when it received the request
+
+
+@dataclass(frozen=True)
+class Call:
+    """What an inference answer depends on besides the path: read from Flask's request by a view,
+    or from the WSGI environ by app.fast_lane, so that both answer through the same function."""
+
+    body: bytes
+    content_type: str  # lowercased, without parameters
+    request_start: str  # nginx's X-Request-Start, for the deadline
+    inference_header: str | None  # the v2 binary extension's Inference-Header-Content-Length
+
+    @classmethod
+    def of_request(cls) -> Call:
+        return cls(request.get_data(cache=False), request.mimetype, request.headers.get(REQUEST_START, ""),
+                   request.headers.get(v2_binary.HEADER))
 
 
 def settings() -> Settings:
@@ -36,7 +56,7 @@ def deadline(request_start: str | None = None) -> float:
     X-Request-Start header, read from the current request when not given), time queued included;
     a request already past it is shed here, before any decoding."""
     budget = settings().request_timeout_ms / 1000
-    started = request.headers.get("X-Request-Start", "") if request_start is None else request_start
+    started = request.headers.get(REQUEST_START, "") if request_start is None else request_start
     try:
         waited = max(0.0, time.time() - float(started.removeprefix("t=")))
     except ValueError:
@@ -86,12 +106,11 @@ def answer_headers(result: Prediction) -> dict[str, str]:
     return {"X-Batch-Size": str(result.batch_size), "X-Model-Version": str(result.version)}
 
 
-def json_body(data: bytes | None = None) -> dict:
-    """The request body (or `data`) as a JSON object, or a 400: the one guard for parsing JSON,
-    so no body (bad UTF-8, deep nesting, a bare number) can end in a 500."""
-    raw = request.get_data(cache=False) if data is None else data
+def json_body(data: bytes) -> dict:
+    """A request body as a JSON object, or a 400: the one guard for parsing JSON, so no body (bad
+    UTF-8, deep nesting, a bare number) can end in a 500."""
     try:
-        body = json.loads(raw)
+        body = json.loads(data)
     except (ValueError, RecursionError):
         raise ApiError(400, "invalid_json", "the body is not valid JSON") from None
     if not isinstance(body, dict):

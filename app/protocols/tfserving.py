@@ -7,10 +7,11 @@ argument is 400 (INVALID_ARGUMENT), an unknown model 404, a full queue 503, a de
 
 from __future__ import annotations
 
-from flask import Blueprint, jsonify
+from flask import Blueprint, Response, jsonify
 
 from app import serving
 from app.errors import ApiError
+from app.inference.backend import Prediction
 from app.inference.spec import ModelSpec, TensorSpec
 from app.outputs import raw_rows
 from app.protocols import as_bad_request
@@ -83,9 +84,14 @@ def signature_def(spec: ModelSpec) -> dict:
 @bp.post("/v1/models/<name>:predict")
 @bp.post("/v1/models/<name>/versions/<version>:predict")
 def predict(name: str, version: str | None = None):
+    return serving.answered(*answer(serving.Call.of_request(), name, version))
+
+
+def answer(call: serving.Call, name: str, version: str | None = None) -> tuple[Response, Prediction]:
+    """The :predict view's answer (without its inference headers), also app.fast_lane's."""
     serving.check_model(name)
-    deadline = serving.deadline()
-    body = serving.json_body()
+    deadline = serving.deadline(call.request_start)
+    body = serving.json_body(call.body)
     signature = body.get("signature_name", SIGNATURE)
     if signature != SIGNATURE:
         raise ApiError(400, "unknown_signature", f"no signature {signature!r}; the model has {SIGNATURE!r}")
@@ -110,4 +116,4 @@ def predict(name: str, version: str | None = None):
         response = jsonify(outputs=to_json(result.outputs[0]))
     else:
         response = jsonify(outputs={t.name: to_json(out) for t, out in zip(spec.outputs, result.outputs)})
-    return serving.answered(response, result)
+    return response, result

@@ -11,10 +11,11 @@ from __future__ import annotations
 import json
 
 import numpy as np
-from flask import Blueprint, Response, jsonify, request
+from flask import Blueprint, Response, jsonify
 
 from app import __version__, serving
 from app.errors import ApiError
+from app.inference.backend import Prediction
 from app.inference.spec import ModelSpec
 from app.outputs import top_k
 from app.protocols import as_bad_request, v2_binary
@@ -72,9 +73,14 @@ def model_metadata(name: str, version: str | None = None):
 @bp.post("/v2/models/<name>/infer")
 @bp.post("/v2/models/<name>/versions/<version>/infer")
 def infer(name: str, version: str | None = None):
+    return serving.answered(*answer(serving.Call.of_request(), name, version))
+
+
+def answer(call: serving.Call, name: str, version: str | None = None) -> tuple[Response, Prediction]:
+    """The infer view's answer (without its inference headers), also app.fast_lane's."""
     serving.check_model(name)
-    deadline = serving.deadline()
-    header, binary = v2_binary.split_body(request.get_data(cache=False), request.headers.get(v2_binary.HEADER))
+    deadline = serving.deadline(call.request_start)
+    header, binary = v2_binary.split_body(call.body, call.inference_header)
     body = serving.json_body(header)
     if not isinstance(body.get("id", ""), str):
         raise ApiError(400, "invalid_json", "'id' must be a string")
@@ -99,11 +105,11 @@ def infer(name: str, version: str | None = None):
         else:
             entry["data"] = _flat_json(values)
         outputs.append(entry)
-    answer: dict = {"model_name": name, "model_version": str(result.version)}
+    reply: dict = {"model_name": name, "model_version": str(result.version)}
     if "id" in body:
-        answer["id"] = body["id"]
-    answer["outputs"] = outputs
-    return serving.answered(_framed(answer, blobs), result)
+        reply["id"] = body["id"]
+    reply["outputs"] = outputs
+    return _framed(reply, blobs), result
 
 
 def _inputs(body: dict, binary: memoryview, spec: ModelSpec) -> list[np.ndarray]:
