@@ -126,6 +126,7 @@ class Settings:
     max_queue_rows: int = 256
     model_concurrency: int = 1
     model_thread_spinning: bool = False
+    model_threads: int = 0  # 0: TensorFlow's default, one per core
     request_timeout_ms: int = 30_000
     slot_mb: int = 8
     listen_backlog: int = 128
@@ -223,6 +224,7 @@ class Settings:
             max_queue_rows=_int(env, "MAX_QUEUE_ROWS", 256, minimum=1),
             model_concurrency=_int(env, "MODEL_CONCURRENCY", 1, minimum=1),
             model_thread_spinning=_flag(env, "MODEL_THREAD_SPINNING", False),
+            model_threads=_int(env, "MODEL_THREADS", 0),
             request_timeout_ms=_int(env, "REQUEST_TIMEOUT_MS", 30_000, minimum=1),
             slot_mb=_int(env, "SLOT_MB", 8, minimum=1),
             listen_backlog=_int(env, "LISTEN_BACKLOG", 128, minimum=1),

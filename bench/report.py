@@ -290,6 +290,7 @@ def markdown(results: dict[str, Any]) -> str:
         " a process counts as holding a model copy when it maps TensorFlow."
         f" Settings: mule mode WORKERS={mule['WORKERS']} THREADS={mule['THREADS']}"
         f" MAX_BATCH_SIZE={mule['MAX_BATCH_SIZE']} BATCH_AUTOTUNE={mule.get('BATCH_AUTOTUNE', 'on')}"
+        f" MODEL_THREADS={mule.get('MODEL_THREADS', '0')}"
         " (default buckets, BATCH_TIMEOUT_MS=0); worker mode"
         f" WORKERS={worker['WORKERS']} THREADS=1 ({worker['WORKERS']} model copies); both behind nginx with"
         " HOST=127.0.0.1 and LOG_LEVEL=info. The recipe is `bench/recipe_app.py` (Flask, model loaded at"

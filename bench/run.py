@@ -42,7 +42,8 @@ def server_env(kind: str, args: argparse.Namespace, workers: int | None = None) 
            "LOG_LEVEL": "info"}
     if kind == "mule":
         env |= {"INFERENCE_MODE": "mule", "WORKERS": str(workers or args.workers), "THREADS": str(args.threads),
-                "MAX_BATCH_SIZE": str(args.max_batch), "BATCH_AUTOTUNE": args.batch_autotune}
+                "MAX_BATCH_SIZE": str(args.max_batch), "BATCH_AUTOTUNE": args.batch_autotune,
+                "MODEL_THREADS": str(args.model_threads)}
     else:
         env |= {"INFERENCE_MODE": "worker", "WORKERS": str(workers or args.worker_mode_workers), "THREADS": "1"}
     return env
@@ -247,6 +248,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              " writes <date>-quick.* and leaves latest.md alone")
     parser.add_argument("--workers", type=int, help="mule mode WORKERS (default: the workload's, 4 or 2)")
     parser.add_argument("--threads", type=int, help="mule mode THREADS (default: the workload's, 4 or 16)")
+    parser.add_argument("--model-threads", type=int,
+                        help="mule mode MODEL_THREADS (default: the workload's, 1 for the cheap models, else 0)")
     parser.add_argument("--max-batch", type=int, help="mule mode MAX_BATCH_SIZE (default: the workload's, 16 or 32)")
     parser.add_argument("--batch-autotune", choices=("on", "off"), default="on",
                         help="mule mode BATCH_AUTOTUNE; off runs batches of up to MAX_BATCH_SIZE whatever each"
@@ -272,6 +275,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     workers, threads, max_batch = workload.mule_settings
     defaults = {"window": (5.0, 2.0), "pairs": (5, 2), "warmup": (3.0, 2.0),
                 "workers": (workers,) * 2, "threads": (threads,) * 2, "max_batch": (max_batch,) * 2,
+                "model_threads": (workload.model_threads,) * 2,
                 "concurrency": (workload.concurrency, "1,16"),
                 "memory_probe_workers": ("2,8" if workload.name == "mobilenet" else "", ""),
                 "kinds": (DEFAULT_KINDS.get(workload.name, "mule") + (",triton" if args.triton_python else ""),) * 2}

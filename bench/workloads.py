@@ -40,6 +40,8 @@ class Workload:
     # the mule-mode server's WORKERS, THREADS and MAX_BATCH_SIZE: a cheap model wants more slots
     # (requests in flight) and larger batches, fewer processes sharing the cores (README, Performance)
     mule_settings: tuple[int, int, int] = (4, 4, 16)
+    # and its MODEL_THREADS: one thread per TensorFlow pool where ops are too small to split (0: TF's default)
+    model_threads: int = 0
 
     def model_path(self) -> Path:
         bundled = PROJECT_ROOT / self.model
@@ -104,9 +106,10 @@ WORKLOADS = {
         Workload("mobilenet", "MobileNetV2 (224x224 input), two JPEG photos of 640x427", "mobilenet_v2",
                  "symmetric", "image/jpeg", "1,4,16,32,64", 16, photos),
         Workload("small", "digits CNN (32x32x1), 64x64 PNG", "models/digits.keras", "unit", "image/png",
-                 "1,16,64", 64, _digits_png, mule_settings=(2, 16, 32)),
+                 "1,16,64", 64, _digits_png, mule_settings=(2, 16, 32), model_threads=1),
         Workload("tabular", f"MLP ({TABULAR_FEATURES} features), JSON instances", "tabular_mlp", "none",
-                 "application/json", "1,16,64", 64, _tabular_json, mule_settings=(2, 16, 32)),
+                 "application/json", "1,16,64", 64, _tabular_json, mule_settings=(2, 16, 32),
+                 model_threads=1),
         Workload("photo12mp", "MobileNetV2, 12 MP phone JPEG (3-4 MB)", "mobilenet_v2", "symmetric", "image/jpeg",
                  "1,16", 16, _photo_12mp, ceiling_decode="naive"),
     )

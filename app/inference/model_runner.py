@@ -126,7 +126,7 @@ def load_runner(settings: Settings, costs_dir: Path | None = None) -> ModelRunne
     started = time.perf_counter()
     import tensorflow as tf  # noqa: PLC0415 - deliberately late: never in the uWSGI master
 
-    _configure_threads(settings.model_thread_spinning)
+    _configure_threads(settings.model_thread_spinning, settings.model_threads)
     try:
         if path.is_dir():
             call, inputs, output_names, output_shapes = _load_saved_model(tf, path)
@@ -172,8 +172,9 @@ def load_runner(settings: Settings, costs_dir: Path | None = None) -> ModelRunne
     return runner
 
 
-def _configure_threads(spinning: bool) -> None:
-    """MODEL_THREAD_SPINNING: whether TensorFlow's pool threads spin when they run out of work.
+def _configure_threads(spinning: bool, threads: int) -> None:
+    """MODEL_THREAD_SPINNING: whether TensorFlow's pool threads spin when they run out of work;
+    MODEL_THREADS: how many threads each of its pools (intra-op, inter-op) has.
 
     Spinning saves a wake-up when TensorFlow has the cores to itself. Here it never has: the
     workers decode on the same cores, and a spinning thread takes their CPU or, preempted, holds
@@ -181,10 +182,13 @@ def _configure_threads(spinning: bool) -> None:
     request at one client (MobileNetV2 p50 0.6 ms lower, the small CNN 3-4 % more requests per
     second) and 1.5-4.5 % more requests per second for the small CNN at 64 clients.
     Worker mode, four runtimes on two cores, gained most: 61.7 -> 74.8 MobileNetV2 requests/s.
-    TensorFlow 2 has no public switch for this ConfigProto field (tf.compat.v1's
-    enable_eager_execution(config=...) does nothing in TF 2), so it is set on the eager context
-    before its first use, where that call put it in TF 1; tests/model/test_model_runner.py checks
-    it takes effect. A process whose context is already running (a reload) keeps what it has.
+    A cheap model gains nothing from splitting an op over cores, and pays a hand-off to a pool
+    thread for each op: with one thread per pool (MODEL_THREADS=1) the small CNN answered 22 %
+    more requests per second at one client and 10 % more at 64 on that machine (README).
+    TensorFlow 2 has no public switch for the spinning field of its ConfigProto (tf.compat.v1's
+    enable_eager_execution(config=...) does nothing in TF 2), so the config is set on the eager
+    context before its first use, where that call put it in TF 1; tests/model/test_model_runner.py
+    checks it takes effect. A process whose context is already running (a reload) keeps what it has.
     """
     from tensorflow.python.eager import context  # noqa: PLC0415
 
@@ -193,6 +197,8 @@ def _configure_threads(spinning: bool) -> None:
         return
     config = eager.config
     config.experimental.disable_thread_spinning = not spinning
+    config.intra_op_parallelism_threads = threads
+    config.inter_op_parallelism_threads = threads
     eager._config = config
 
 

@@ -213,3 +213,23 @@ def test_thread_spinning_setting_reaches_tensorflow(setting, disabled):
                           check=False, cwd=Path(__file__).resolve().parents[2])
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.split()[-2:] == ["disabled", str(disabled)]
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_model_threads_size_tensorflows_pools(threads):
+    """MODEL_THREADS sets the pools through the same private context config: counted by thread
+    name (TensorFlow's inter-op pool threads are "tf_Compute"), in a fresh process."""
+    script = (
+        "import os\n"
+        "from app.config import Settings\n"
+        "from app.inference.model_runner import load_runner\n"
+        "runner = load_runner(Settings.from_env())\n"
+        "runner.run([runner.spec.input.empty(1, runner.spec.input.shape)])\n"
+        "names = [open(f'/proc/self/task/{t}/comm').read().strip() for t in os.listdir('/proc/self/task')]\n"
+        "print('pool', names.count('tf_Compute'))\n"
+    )
+    env = {**os.environ, "MODEL_THREADS": str(threads), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300,
+                          check=False, cwd=Path(__file__).resolve().parents[2])
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split()[-2:] == ["pool", str(threads)]

@@ -30,6 +30,7 @@ def test_defaults():
     assert settings.batch_timeout_ms == 0
     assert settings.batch_buckets == (1, 2, 3, 4, 6, 8, 12, 16)
     assert settings.max_queue_rows == 256
+    assert settings.model_threads == 0  # TensorFlow's default
     assert settings.request_timeout_ms == 30_000
     assert settings.slot_bytes == 8 * 1024 * 1024
     assert settings.runtime_dir == PROJECT_ROOT / ".run"
@@ -87,6 +88,12 @@ def test_batch_autotune_flag(raw, value):
 def test_batch_autotune_rejects_other_words():
     with pytest.raises(ConfigError, match="BATCH_AUTOTUNE must be on or off"):
         Settings.from_env({"BATCH_AUTOTUNE": "maybe"})
+
+
+def test_model_threads_may_be_zero_but_not_negative():
+    assert Settings.from_env({"MODEL_THREADS": "1"}).model_threads == 1
+    with pytest.raises(ConfigError, match="MODEL_THREADS must be >= 0"):
+        Settings.from_env({"MODEL_THREADS": "-1"})
 
 
 def test_batch_timeout_may_be_zero_but_not_negative():
