@@ -91,7 +91,7 @@ class FastLane:
                 response, result = route.answer(call, **path_args)
             except Exception as exc:
                 return self._error(environ, start_response, exc)
-        response.headers.update(serving.answer_headers(result))
+        serving.answered(response, result)
         response.headers[request_ids.HEADER] = request_id
         metrics.count_answer(self._settings.model_name, route.rule, response.status_code, started)
         return response(environ, start_response)

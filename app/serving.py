@@ -98,12 +98,9 @@ def readiness(response: Response, ready: bool) -> Response:
 
 def answered(response: Response, result: Prediction) -> Response:
     """The headers every inference answer carries: rows in its batch, the version that served it."""
-    response.headers.update(answer_headers(result))
+    response.headers["X-Batch-Size"] = str(result.batch_size)
+    response.headers["X-Model-Version"] = str(result.version)
     return response
-
-
-def answer_headers(result: Prediction) -> dict[str, str]:
-    return {"X-Batch-Size": str(result.batch_size), "X-Model-Version": str(result.version)}
 
 
 def json_body(data: bytes) -> dict:
