@@ -1,13 +1,14 @@
 """Inference requests answered without Flask's request machinery, for those that need none of it.
 
 Flask's routing, request and response objects and hooks cost a uWSGI worker about 0.3 ms of CPU
-per /predict (in-process, the model faked: 0.56 ms for a 64x64 PNG through Flask, 0.26 without
-it), a quarter of all the CPU a small model's request takes on 2 cores. So the app's WSGI callable
-looks at each request first: a POST to /predict (with an image or JSON body), to v2's `infer` or
-to TF Serving's `:predict`, with no query string, no CORS origin and, where tokens are required,
-an accepted one, is answered here by the function its view calls, with the view's headers,
-request id and metrics. Anything else goes to Flask; so does every error, which Flask's error
-handlers (the protocol blueprints' included) render as on any route.
+per /predict (in-process on a 2-core AMD EPYC VM, the model faked: 0.56 ms for a 64x64 PNG
+through Flask, 0.26 without it), a quarter of all the CPU a small model's request takes on 2
+cores. So the app's WSGI callable looks at each request first: a POST to /predict (with an image
+or JSON body), to v2's `infer` or to TF Serving's `:predict`, with no query string, no CORS
+origin and, where tokens are required, an accepted one, is answered here by the function its
+view calls, with the view's headers, request id and metrics. Anything else goes to Flask; so
+does every error, which Flask's error handlers (the protocol blueprints' included) render as on
+any route.
 """
 
 from __future__ import annotations
