@@ -19,26 +19,16 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from flask import Flask, Response, g, jsonify
+from flask import Flask, Response, g
 from werkzeug.exceptions import ClientDisconnected
 
-from app import auth, metrics, request_ids, serving
+from app import auth, metrics, request_ids, routes, serving
 from app.inference.backend import Prediction
-from app.inputs import body_inputs, in_body
+from app.inputs import in_body
 from app.protocols import tfserving, v2
-from app.routes import prediction
 
 WsgiApp = Callable[[dict, Callable], Iterable[bytes]]
 Answer = Callable[..., tuple[Response, Prediction]]  # (call, **path parameters)
-
-
-def _predict(call: serving.Call) -> tuple[Response, Prediction]:
-    """/predict's view for a body `in_body` takes and the default top_k (no query string)."""
-    deadline = serving.deadline(call.request_start)
-    spec = serving.ready_spec()
-    inputs, raw_instances = body_inputs(call.content_type, call.body)
-    body, result = prediction(spec, inputs, raw_instances, serving.settings().default_top_k, deadline)
-    return jsonify(body), result
 
 
 @dataclass(frozen=True)
@@ -54,7 +44,7 @@ class _Route:
 
 
 ROUTES = (
-    _Route("/predict", _predict, in_body),
+    _Route("/predict", routes.answer, in_body),
     _Route("/v2/models/<name>/infer", v2.answer),
     _Route("/v2/models/<name>/versions/<version>/infer", v2.answer),
     _Route("/v1/models/<name>:predict", tfserving.answer),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from flask import Blueprint, Response, jsonify, render_template, request
 from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4
 
@@ -9,8 +11,7 @@ from app import metrics, serving
 from app.config import Settings
 from app.errors import ApiError
 from app.inference.backend import Prediction
-from app.inference.spec import ModelSpec
-from app.inputs import Inputs, parse_inputs
+from app.inputs import Inputs, body_inputs, parse_inputs
 from app.outputs import raw_rows, top_k
 from app.tensors import images_to_array, rows_to_inputs
 
@@ -28,17 +29,23 @@ def _top_k_param(settings: Settings) -> int:
 
 @bp.post("/predict")
 def predict():
-    deadline = serving.deadline()
+    k = _top_k_param(serving.settings())
+    response, result = _answer(request.headers.get(serving.REQUEST_START, ""), lambda: parse_inputs(request), k)
+    return serving.answered(response, result)
+
+
+def answer(call: serving.Call) -> tuple[Response, Prediction]:
+    """/predict for a body `in_body` takes and the default top_k: app.fast_lane's way in."""
+    return _answer(call.request_start, lambda: body_inputs(call.content_type, call.body),
+                   serving.settings().default_top_k)
+
+
+def _answer(request_start: str, parse: Callable[[], tuple[Inputs, object]], k: int) -> tuple[Response, Prediction]:
+    """/predict's answer and the prediction behind it, the view's and app.fast_lane's alike:
+    `parse` reads the inputs once the deadline and the model's readiness are checked."""
+    deadline = serving.deadline(request_start)
     spec = serving.ready_spec()
-    inputs, raw_instances = parse_inputs(request)
-    body, result = prediction(spec, inputs, raw_instances, _top_k_param(serving.settings()), deadline)
-    return serving.answered(jsonify(body), result)
-
-
-def prediction(spec: ModelSpec, inputs: Inputs, raw_instances: object, k: int,
-               deadline: float) -> tuple[dict, Prediction]:
-    """/predict's answer and the prediction behind it, from parsed inputs: the view's and
-    app.fast_lane's, so the two cannot answer differently."""
+    inputs, raw_instances = parse()
     settings = serving.settings()
     if raw_instances is not None:
         arrays = rows_to_inputs(raw_instances, spec, settings)
@@ -50,7 +57,7 @@ def prediction(spec: ModelSpec, inputs: Inputs, raw_instances: object, k: int,
         predictions = per_row if inputs.plural else per_row[0]
     else:
         predictions = raw_rows(result.outputs, spec)
-    return {"model": spec.name, "predictions": predictions}, result
+    return jsonify({"model": spec.name, "predictions": predictions}), result
 
 
 @bp.get("/health/live")

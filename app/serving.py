@@ -51,14 +51,13 @@ def ready_spec() -> ModelSpec:
     return status.spec
 
 
-def deadline(request_start: str | None = None) -> float:
+def deadline(request_start: str) -> float:
     """REQUEST_TIMEOUT_MS counted from when nginx received the request (`request_start`, its
-    X-Request-Start header, read from the current request when not given), time queued included;
-    a request already past it is shed here, before any decoding."""
+    X-Request-Start header), time queued included; a request already past it is shed here,
+    before any decoding."""
     budget = settings().request_timeout_ms / 1000
-    started = request.headers.get(REQUEST_START, "") if request_start is None else request_start
     try:
-        waited = max(0.0, time.time() - float(started.removeprefix("t=")))
+        waited = max(0.0, time.time() - float(request_start.removeprefix("t=")))
     except ValueError:
         waited = 0.0
     end = time.monotonic() + budget - waited
