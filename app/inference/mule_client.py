@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import logging
+import select
 import socket
 import threading
 import time
@@ -36,16 +37,57 @@ STATUS_TIMEOUT_S = 2.0  # the mule answers between batches; a batch takes well u
 
 
 class _Channel:
-    """One worker thread's connection to the mule and the last status it learned."""
+    """One worker thread's connection to the mule and the last status it learned.
+
+    The socket stays non-blocking and waits are poll() calls: a request costs send, poll and
+    recv, with no switching of the socket's mode around them. Each call that blocks lets go of
+    the GIL, and with 16 threads in a worker every such call is a chance of a thread switch."""
 
     def __init__(self, slot: int):
         self.slot = slot
         self.sock: socket.socket | None = None
+        self._poller = select.poll()
         self.seq = 0
         self.status = Status("loading")
         self.spec: ModelSpec | None = None
         self.layout: wire.SlotLayout | None = None
         self.stale = False  # the mule serves another version now: ask STATUS before the next request
+
+    def connect(self, path: str) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            sock.connect(path)
+        except OSError:
+            sock.close()
+            raise
+        sock.setblocking(False)
+        self.sock = sock
+        self._poller = select.poll()
+        self._poller.register(sock, select.POLLIN)
+
+    def receive(self, size: int, until: float) -> bytes:
+        """The next message (up to `size` bytes); TimeoutError at `until` (time.monotonic())."""
+        while True:
+            remaining = until - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError
+            if self._poller.poll(remaining * 1000):
+                try:
+                    message = self.sock.recv(size)
+                except BlockingIOError:
+                    continue
+                if not message:
+                    raise ConnectionResetError("the mule closed the connection")
+                return message
+
+    def hung_up(self) -> bool:
+        """True if the mule closed the connection (it died), without consuming a message."""
+        try:
+            return self.sock.recv(1, socket.MSG_PEEK) == b""
+        except BlockingIOError:
+            return False
+        except OSError:
+            return True
 
     def close(self) -> None:
         if self.sock is not None:
@@ -88,7 +130,7 @@ class MuleClient:
     def status(self, fresh: bool = False) -> Status:
         """The mule's state; asked again only when not ready, the link broke, or `fresh` is set."""
         channel = self._channel()
-        if channel.sock is not None and _hung_up(channel.sock):
+        if channel.sock is not None and channel.hung_up():
             channel.close()
         if fresh or channel.spec is None or channel.stale:
             try:
@@ -100,19 +142,11 @@ class MuleClient:
 
     def _refresh(self, channel: _Channel) -> None:
         if channel.sock is None:
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-            try:
-                sock.connect(str(self._settings.mule_socket))
-            except OSError:
-                sock.close()
-                raise
-            channel.sock = sock
-        channel.sock.settimeout(STATUS_TIMEOUT_S)
+            channel.connect(str(self._settings.mule_socket))
         channel.sock.send(bytes([wire.STATUS]))
+        until = time.monotonic() + STATUS_TIMEOUT_S
         while True:
-            message = channel.sock.recv(1 << 20)
-            if not message:
-                raise ConnectionResetError("the mule closed the connection")
+            message = channel.receive(1 << 20, until)
             if message[0] == wire.STATUS:
                 break  # replies to earlier, abandoned requests are skipped
         answer = wire.MuleStatus.unpack(message)
@@ -201,13 +235,7 @@ class MuleClient:
         try:
             channel.sock.send(wire.pack_infer(channel.slot, seq, rows, deadline, version=spec.version, dims=dims))
             while True:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise TimeoutError
-                channel.sock.settimeout(remaining)
-                message = channel.sock.recv(4096)
-                if not message:
-                    raise ConnectionResetError("the mule closed the connection")
+                message = channel.receive(4096, deadline)
                 if message[0] != wire.REPLY:
                     continue
                 reply = wire.Reply.unpack(message)
@@ -239,16 +267,3 @@ class MuleClient:
 
 class _Stale(Exception):
     """The mule no longer has the version these rows were written for."""
-
-
-def _hung_up(sock: socket.socket) -> bool:
-    """True if the peer closed the connection (a dead mule), without consuming a message."""
-    try:
-        sock.setblocking(False)
-        return sock.recv(1, socket.MSG_PEEK) == b""
-    except BlockingIOError:
-        return False
-    except OSError:
-        return True
-    finally:
-        sock.setblocking(True)
