@@ -116,6 +116,7 @@ class ToyModel:
 
     def __init__(self, held: bool = False):
         self.calls: list[int] = []
+        self.threads: list[threading.Thread] = []  # the thread of each call
         self.entered = threading.Event()  # set by the first call
         self._gate = threading.Event()
         if not held:
@@ -124,6 +125,7 @@ class ToyModel:
     def __call__(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
         (batch,) = inputs
         self.calls.append(len(batch))
+        self.threads.append(threading.current_thread())
         self.entered.set()
         if not self._gate.wait(WAIT_S):
             raise TimeoutError("ToyModel was never released")

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from app.config import Settings
-from app.inference import wire
+from app.inference import mule_server, wire
 from app.inference.backend import UNLOADED_REASON, DeadlineExceeded, LoadFailed, NotReady, TooLarge, Unavailable
 from app.inference.model_runner import ModelLoadError, ModelRunner
 from app.inference.spec import ModelSpec, TensorSpec
@@ -93,15 +93,20 @@ def test_requests_arriving_during_a_batch_share_the_next_one(held):
     assert stats.rows == 8 and stats.batches < 8
 
 
+def costed(model: ToyModel, costs: dict[int, float], spec: ModelSpec = TOY_SPEC):
+    """A loader of `model` whose batch costs, as warm-up would have timed them, are `costs`."""
+    def load(settings: Settings) -> ModelRunner:
+        runner = ModelRunner(spec, model, settings.batch_buckets)
+        runner.batch_costs_ms = dict(costs)
+        return runner
+
+    return load
+
+
 @pytest.mark.parametrize(("autotune", "limit"), [(True, 2), (False, 8)])
 def test_batch_limit_comes_from_the_measured_costs(tmp_path, autotune, limit):
     model = ToyModel(held=True)
-
-    def load(settings: Settings) -> ModelRunner:
-        runner = ModelRunner(TOY_SPEC, model, settings.batch_buckets)
-        runner.batch_costs_ms = {1: 10.0, 2: 12.0, 4: 40.0, 8: 100.0}  # cheapest per row at 2
-        return runner
-
+    load = costed(model, {1: 10.0, 2: 12.0, 4: 40.0, 8: 100.0})  # cheapest per row at 2
     harness = MuleHarness(mule_settings(tmp_path, batch_autotune=autotune), load, model)
     try:
         clients = [harness.client(0), harness.client(1)]
@@ -120,6 +125,39 @@ def test_batch_limit_comes_from_the_measured_costs(tmp_path, autotune, limit):
         assert max(r.batch_size for r in results) > (1 if autotune else 2)  # batches still form, up to the limit
         # the costs also decide between padding and splitting; BATCH_AUTOTUNE=off always pads
         assert harness.server.policy.costs_ms == ({1: 10.0, 2: 12.0, 4: 40.0, 8: 100.0} if autotune else {})
+    finally:
+        harness.close()
+
+
+def test_a_cheap_call_runs_on_the_loop_and_a_costly_one_on_a_model_thread(tmp_path):
+    model = ToyModel()
+    costs = {1: 1.0, 2: 1.5, 4: mule_server.INLINE_CALL_MS, 8: mule_server.INLINE_CALL_MS + 1}
+    harness = MuleHarness(mule_settings(tmp_path), costed(model, costs), model)
+    try:
+        client = harness.client()
+        harness.wait_ready()
+        for rows in (1, 4, 8, 2):
+            result = client.predict([np.full((rows, 4), rows, dtype=np.float32)], deadline())
+            np.testing.assert_allclose(result.outputs[0], np.full((rows, 1), 4.0 * rows))
+        assert model.calls == [1, 4, 8, 2]
+        on_loop = [thread is harness.thread for thread in model.threads]
+        assert on_loop == [True, True, False, True]
+        assert model.threads[2].name.startswith("model")
+    finally:
+        harness.close()
+
+
+@pytest.mark.parametrize("case", ["untimed", "variable sizes"])
+def test_a_call_of_unknown_cost_runs_on_a_model_thread(tmp_path, case):
+    model = ToyModel()
+    load = (costed(model, {}) if case == "untimed"
+            else costed(model, {1: 1.0, 2: 1.0, 4: 1.0, 8: 1.0}, VARIABLE_SPEC))  # timed at other sizes
+    harness = MuleHarness(mule_settings(tmp_path), load, model)
+    try:
+        client = harness.client()
+        harness.wait_ready()
+        client.predict([np.ones((1, 4), dtype=np.float32)], deadline())
+        assert len(model.threads) == 1 and model.threads[0].name.startswith("model")
     finally:
         harness.close()
 
