@@ -9,8 +9,8 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import logging
-import select
 import socket
+import struct
 import threading
 import time
 
@@ -39,14 +39,15 @@ STATUS_TIMEOUT_S = 2.0  # the mule answers between batches; a batch takes well u
 class _Channel:
     """One worker thread's connection to the mule and the last status it learned.
 
-    The socket stays non-blocking and waits are poll() calls: a request costs send, poll and
-    recv, with no switching of the socket's mode around them. Each call that blocks lets go of
-    the GIL, and with 16 threads in a worker every such call is a chance of a thread switch."""
+    A request costs two calls that let go of the GIL, send and recv: with 16 threads in a worker,
+    each such call is a thread switch when others wait for the GIL, and a wake-up costs ~30 us on
+    a 2-core VM. So the wait's timeout is the socket's own (SO_RCVTIMEO, set without letting go
+    of the GIL) rather than a poll() before the recv, and a dead mule is found by the send that
+    fails rather than by a check before each request."""
 
     def __init__(self, slot: int):
         self.slot = slot
         self.sock: socket.socket | None = None
-        self._poller = select.poll()
         self.seq = 0
         self.status = Status("loading")
         self.spec: ModelSpec | None = None
@@ -60,10 +61,7 @@ class _Channel:
         except OSError:
             sock.close()
             raise
-        sock.setblocking(False)
         self.sock = sock
-        self._poller = select.poll()
-        self._poller.register(sock, select.POLLIN)
 
     def receive(self, size: int, until: float) -> bytes:
         """The next message (up to `size` bytes); TimeoutError at `until` (time.monotonic())."""
@@ -71,23 +69,15 @@ class _Channel:
             remaining = until - time.monotonic()
             if remaining <= 0:
                 raise TimeoutError
-            if self._poller.poll(remaining * 1000):
-                try:
-                    message = self.sock.recv(size)
-                except BlockingIOError:
-                    continue
-                if not message:
-                    raise ConnectionResetError("the mule closed the connection")
-                return message
-
-    def hung_up(self) -> bool:
-        """True if the mule closed the connection (it died), without consuming a message."""
-        try:
-            return self.sock.recv(1, socket.MSG_PEEK) == b""
-        except BlockingIOError:
-            return False
-        except OSError:
-            return True
+            seconds, micros = divmod(max(1, round(remaining * 1e6)), 1_000_000)
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _TIMEVAL.pack(seconds, micros))
+            try:
+                message = self.sock.recv(size)
+            except BlockingIOError:
+                continue  # the timeout passed: the loop says so
+            if not message:
+                raise ConnectionResetError("the mule closed the connection")
+            return message
 
     def close(self) -> None:
         if self.sock is not None:
@@ -95,6 +85,9 @@ class _Channel:
         self.sock = None
         self.spec = None
         self.layout = None
+
+
+_TIMEVAL = struct.Struct("@ll")  # struct timeval: seconds, microseconds
 
 
 class MuleClient:
@@ -128,10 +121,9 @@ class MuleClient:
     # --- status ---------------------------------------------------------------------------
 
     def status(self, fresh: bool = False) -> Status:
-        """The mule's state; asked again only when not ready, the link broke, or `fresh` is set."""
+        """The mule's state; asked again only when not ready, after a reload, or when `fresh` is set
+        (a mule that died is found by the next request's send)."""
         channel = self._channel()
-        if channel.sock is not None and channel.hung_up():
-            channel.close()
         if fresh or channel.spec is None or channel.stale:
             try:
                 self._refresh(channel)
@@ -141,9 +133,14 @@ class MuleClient:
         return channel.status
 
     def _refresh(self, channel: _Channel) -> None:
+        if channel.sock is not None:
+            try:
+                channel.sock.send(bytes([wire.STATUS]))
+            except OSError:  # that mule died (uWSGI respawned it): ask the new one
+                channel.close()
         if channel.sock is None:
             channel.connect(str(self._settings.mule_socket))
-        channel.sock.send(bytes([wire.STATUS]))
+            channel.sock.send(bytes([wire.STATUS]))
         until = time.monotonic() + STATUS_TIMEOUT_S
         while True:
             message = channel.receive(1 << 20, until)
@@ -214,16 +211,27 @@ class MuleClient:
         return Prediction(outputs=merged, batch_size=max(batch_sizes), version=version)
 
     def _infer_current(self, channel: _Channel, chunk: Batch, deadline: float) -> tuple[Batch, int, int]:
-        """_infer, again after a reload retired the version the rows were written for: the same
-        rows suit the new version when its inputs are the same (else the client retries)."""
+        """_infer, again after a reload retired the version the rows were written for, or after
+        the mule this thread knew died: the same rows suit the version served now when its inputs
+        are the same (else the client retries)."""
         spec = channel.spec
         try:
             return self._infer(channel, chunk, deadline)
         except _Stale:
+            pass
+        try:
             self._refresh(channel)
-        if channel.spec is None or channel.spec.inputs != spec.inputs:
+        except OSError as exc:
+            channel.close()
+            raise Unavailable(f"the model process could not be reached ({exc}); retry shortly") from None
+        if not channel.status.ready:
+            raise NotReady(channel.status.reason)
+        if channel.spec.inputs != spec.inputs:
             raise NotReady("the model was reloaded with other inputs; send the request again")
-        return self._infer(channel, chunk, deadline)
+        try:
+            return self._infer(channel, chunk, deadline)
+        except _Stale:
+            raise Unavailable("the model changed again during this request; retry shortly") from None
 
     def _infer(self, channel: _Channel, chunk: Batch, deadline: float) -> tuple[Batch, int, int]:
         """Outputs, the batch size and the version that computed them."""
@@ -234,6 +242,10 @@ class MuleClient:
         dims = spec.variable_dims(spec.inputs, chunk)
         try:
             channel.sock.send(wire.pack_infer(channel.slot, seq, rows, deadline, version=spec.version, dims=dims))
+        except OSError:  # the mule this connection reached died since (uWSGI respawned it): nothing was sent
+            channel.close()
+            raise _Stale from None
+        try:
             while True:
                 message = channel.receive(4096, deadline)
                 if message[0] != wire.REPLY:
@@ -266,4 +278,4 @@ class MuleClient:
 
 
 class _Stale(Exception):
-    """The mule no longer has the version these rows were written for."""
+    """The mule no longer has the version these rows were written for, or is another mule."""

@@ -275,24 +275,53 @@ def test_mule_death_fails_in_flight_requests_at_once_then_reconnects(tmp_path):
     waiter = threading.Thread(target=call)
     waiter.start()
     assert model.entered.wait(WAIT_S)  # the request is in the model
-    # a dead mule: every connection it held is closed by the kernel
-    harness.server.stop()
-    for key in list(harness.server._selector.get_map().values()):
-        if isinstance(key.fileobj, socket.socket):
-            key.fileobj.close()
+    die(harness)
     waiter.join(WAIT_S)  # far sooner than its 600 s deadline
     assert not waiter.is_alive() and isinstance(outcome.get("error"), Unavailable)
-    harness.close()
 
-    fresh = MuleHarness.with_model(tmp_path, ToyModel())
+    fresh = respawn(tmp_path, harness)
     try:
-        fresh.shm = harness.shm  # the shared memory outlives the mule
-        fresh.server.shm = harness.shm
-        fresh.wait_ready()
         result = client.predict([np.ones((1, 4), dtype=np.float32)], deadline())
         np.testing.assert_allclose(result.outputs[0], [[4.0]])
     finally:
         fresh.close()
+
+
+@pytest.mark.parametrize("first", ["predict", "status"])
+def test_a_mule_that_died_between_requests_is_replaced_without_an_error(tmp_path, first):
+    harness = MuleHarness.with_model(tmp_path, ToyModel())
+    client = harness.client()
+    harness.wait_ready()
+    client.predict([np.ones((1, 4), dtype=np.float32)], deadline())  # connected to the first mule
+    die(harness)
+    fresh = respawn(tmp_path, harness)
+    try:
+        if first == "status":  # a readiness probe: the new mule's answer, not "unreachable"
+            assert client.status(fresh=True).ready
+        # the send to the dead mule fails; the request goes to the new one
+        result = client.predict([np.full((1, 4), 2, dtype=np.float32)], deadline())
+        np.testing.assert_allclose(result.outputs[0], [[8.0]])
+        assert fresh.server.counts["rows"] == 1
+    finally:
+        fresh.close()
+
+
+def die(harness: MuleHarness) -> None:
+    """The mule's process ends: its loop stops and the kernel closes every connection it held
+    (before the model would answer what is in it)."""
+    harness.server.stop()
+    for key in list(harness.server._selector.get_map().values()):
+        if isinstance(key.fileobj, socket.socket):
+            key.fileobj.close()
+    harness.close()
+
+
+def respawn(tmp_path, dead: MuleHarness) -> MuleHarness:
+    """A new mule on the same socket path and shared memory (which outlives the mule), ready."""
+    fresh = MuleHarness.with_model(tmp_path, ToyModel())
+    fresh.shm = fresh.server.shm = dead.shm
+    fresh.wait_ready()
+    return fresh
 
 
 def test_layout_keeps_input_and_output_regions_apart():
