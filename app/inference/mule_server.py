@@ -3,8 +3,8 @@
 One thread runs the event loop: it reads messages, forms batches, copies their rows in and their
 outputs out, and answers. Model calls run on MODEL_CONCURRENCY threads (TensorFlow releases the
 GIL), so the next batch is gathered, and with 2 or more run, while one computes; a call cheaper
-than INLINE_CALL_MS runs on the loop itself, as the hand-off would cost a good part of it. A thread only
-loads the model at start, so status questions are answered ("loading", "failed: why") while
+than INLINE_CALL_MS runs on the loop itself, as the hand-off would cost a good part of it. A
+thread only loads the model at start, so status questions are answered ("loading", "failed: why") while
 TensorFlow starts. A model that fails to load leaves the mule alive and saying so: uWSGI
 respawns a dead mule without any throttle, so dying would be a crash loop.
 """
@@ -450,19 +450,21 @@ class MuleServer:
             offset += pending.rows
         self.rows_in_flight += total
         self._running[version] += 1
-        self.metrics.padded_rows.inc(runner.bucket_for(total) - total)
+        bucket = runner.bucket_for(total)
+        self.metrics.padded_rows.inc(bucket - total)
         self._guard(max(1, self.settings.harakiri_s))
-        if self._inline(runner, total):
+        if self._inline(runner, bucket):
             self._completed.put(self._call(runner, batch, buffer, total))
             self._finish_completed()
         else:
             self._executor.submit(self._execute, runner, batch, buffer, total)
 
     @staticmethod
-    def _inline(runner: ModelRunner, total: int) -> bool:
-        """Whether the batch is cheap enough to run on the loop: its bucket cost INLINE_CALL_MS
-        or less at warm-up (not timed, or rows of sizes warm-up did not use: a model thread)."""
-        cost = runner.batch_costs_ms.get(runner.bucket_for(total))
+    def _inline(runner: ModelRunner, bucket: int) -> bool:
+        """Whether a batch padded to `bucket` is cheap enough to run on the loop: it cost
+        INLINE_CALL_MS or less at warm-up (not timed, or rows of sizes warm-up did not use: a
+        model thread)."""
+        cost = runner.batch_costs_ms.get(bucket)
         return cost is not None and cost <= INLINE_CALL_MS and not runner.spec.is_variable
 
     def _execute(self, runner: ModelRunner, batch: list[Pending], buffer: Batch, total: int) -> None:
