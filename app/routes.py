@@ -30,7 +30,7 @@ def _top_k_param(settings: Settings) -> int:
 @bp.post("/predict")
 def predict():
     k = _top_k_param(serving.settings())
-    response, result = _answer(request.headers.get(serving.REQUEST_START, ""), lambda: parse_inputs(request), k)
+    response, result = _answer(serving.request_start(), lambda: parse_inputs(request), k)
     return serving.answered(response, result)
 
 

@@ -32,8 +32,13 @@ class Call:
 
     @classmethod
     def of_request(cls) -> Call:
-        return cls(request.get_data(cache=False), request.mimetype, request.headers.get(REQUEST_START, ""),
+        return cls(request.get_data(cache=False), request.mimetype, request_start(),
                    request.headers.get(v2_binary.HEADER))
+
+
+def request_start() -> str:
+    """Flask's request's X-Request-Start ('' when nginx did not set it), for `deadline`."""
+    return request.headers.get(REQUEST_START, "")
 
 
 def settings() -> Settings:

@@ -38,7 +38,7 @@ def index():
 @bp.post("/v2/repository/models/<name>/load")
 def load(name: str):
     serving.check_model(name)
-    deadline = serving.deadline(request.headers.get(serving.REQUEST_START, ""))
+    deadline = serving.deadline(serving.request_start())
     parameters = _body().get("parameters", {})
     if not isinstance(parameters, dict):
         raise ApiError(400, "invalid_json", "'parameters' must be an object")
