@@ -6,6 +6,7 @@ ModelSpec; in mule mode it travels to the workers as JSON.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -42,7 +43,7 @@ class TensorSpec:
     def row_bytes(self, string_bytes: int, shape: tuple[int, ...] | None = None) -> int:
         """Shared-memory bytes one row (of `shape`, for a variable tensor) takes; a string value
         takes its length (4 bytes) plus room for `string_bytes` bytes."""
-        elements = int(np.prod(shape or self.shape, dtype=np.int64))
+        elements = math.prod(shape or self.shape)
         if self.is_bytes:
             return elements * (4 + string_bytes)
         return elements * np.dtype(self.dtype).itemsize

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import struct
 from dataclasses import dataclass, field
 
@@ -99,7 +100,7 @@ def _align(n: int) -> int:
 
 def _region_bytes(tensor: TensorSpec, rows: int, string_bytes: int, shape: tuple[int, ...] | None = None) -> int:
     if tensor.is_bytes:  # lengths (uint32), then room for string_bytes bytes per value
-        values = rows * int(np.prod(shape or tensor.shape, dtype=np.int64))
+        values = rows * math.prod(shape or tensor.shape)
         return _align(values * 4) + _align(values * string_bytes)
     return _align(rows * tensor.row_bytes(string_bytes, shape))
 
@@ -203,7 +204,7 @@ class SlotLayout:
     def _read(self, shm, base: int, tensor: TensorSpec, rows: int, shape: tuple[int, ...]) -> np.ndarray:
         if not tensor.is_bytes:
             return np.ndarray((rows, *shape), dtype=tensor.dtype, buffer=shm, offset=base)
-        values = rows * int(np.prod(shape, dtype=np.int64))
+        values = rows * math.prod(shape)
         lengths = np.ndarray((values,), dtype=np.uint32, buffer=shm, offset=base)
         data = np.ndarray((values, self.string_bytes), dtype=np.uint8, buffer=shm, offset=base + _align(values * 4))
         out = np.empty(values, dtype=object)
