@@ -90,14 +90,36 @@ def _row(summary: list[dict[str, Any]], kind: str, concurrency: int) -> dict[str
     return next((r for r in summary if r["kind"] == kind and r["concurrency"] == concurrency), None)
 
 
+def _disturbance(row: dict[str, Any], limit: float | None) -> str | None:
+    """Why a row's medians say more about the machine than the server, or None: other processes
+    took more than `limit` cores (median over its pairs) in its server or its ceiling windows."""
+    server, ceiling = row.get("other_cpu_server"), row.get("other_cpu_ceiling")
+    if limit is None or server is None or ceiling is None or max(server, ceiling) <= limit:
+        return None
+    return (f"{row['kind']} c={row['concurrency']} ran while other processes took {ceiling:.2f} / {server:.2f}"
+            f" cores (ceiling / server windows, median)")
+
+
 def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """Issue 11's checks for mule mode on this workload; a row that was not measured is reported, not passed."""
+    """Issue 11's checks for mule mode on this workload; a row that was not measured is reported,
+    not passed, and a verdict that rests on a row measured while other processes took more than
+    `max_other_load` cores is UNSURE, whichever way it went: a peer slowed by a noisy neighbour
+    must not make a PASS, nor a slowed mule a FAIL."""
     summary, goal = results["summary"], TARGETS[workload_of(results)]
+    limit = results["settings"].get("max_other_load")
     checks = []
 
-    def add(name: str, row: dict[str, Any] | None, ok: bool | None, detail: str) -> None:
-        checks.append({"target": name, "result": "NOT MEASURED" if row is None else ("PASS" if ok else "FAIL"),
-                       "detail": detail if row is not None else "row not measured"})
+    def add(name: str, row: dict[str, Any] | None, ok: bool | None, detail: str,
+            *, peer: dict[str, Any] | None = None, timed: bool = True) -> None:
+        if row is None:
+            checks.append({"target": name, "result": "NOT MEASURED", "detail": "row not measured"})
+            return
+        verdict = "PASS" if ok else "FAIL"
+        disturbed = [why for r in (row, peer) if timed and r is not None and (why := _disturbance(r, limit))]
+        if disturbed:
+            detail = f"{detail}; would be {verdict}, but " + "; ".join(disturbed)
+            verdict = "UNSURE"
+        checks.append({"target": name, "result": verdict, "detail": detail})
 
     for concurrency in goal["ratio_at"]:
         row = _row(summary, "mule", concurrency)
@@ -115,7 +137,7 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             both = row if peer else None
             add(f"throughput at c={concurrency} >= {goal['triton']:.1f} x Triton's in the same run", both,
                 both and row["rps"] >= goal["triton"] * peer["rps"],
-                both and f"{row['rps']:.1f} vs {peer['rps']:.1f} req/s: {row['rps'] / peer['rps']:.2f} x")
+                both and f"{row['rps']:.1f} vs {peer['rps']:.1f} req/s: {row['rps'] / peer['rps']:.2f} x", peer=peer)
     if "p50_slack_ms" in goal:
         row = _row(summary, "mule", 1)
         slack = goal["p50_slack_ms"]
@@ -148,7 +170,7 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     add("one model copy in mule mode whatever the worker count", mule_rows[0] if mule_rows else None,
         bool(copies) and all(c == 1 for c in copies),
         f"processes with TensorFlow loaded in mule mode: {sorted(set(copies))} in every measured window and"
-        f" probe; " + "; ".join(detail))
+        f" probe; " + "; ".join(detail), timed=False)
     return checks
 
 
@@ -281,7 +303,9 @@ def markdown(results: dict[str, Any]) -> str:
         " still queued when the client hangs up are still served), so the next ceiling window runs alone."
         f" The machine is shared: a pair during which other processes used more than {settings['max_other_load']:g}"
         f" cores in either window is rejected and run again (at most {settings['retries']} times per row;"
-        " the last attempt is kept whatever the load); rejected pairs are in the JSON."
+        " the last attempt is kept whatever the load); rejected pairs are in the JSON. A target whose rows"
+        " (the peer's included) still show more than that load, as a median over their pairs, is UNSURE"
+        " rather than passed or failed."
         f" The client is {client}{pinned}: closed loop, keep-alive connections, only to 127.0.0.1; it used"
         f" at most {client_share:.0%} of one core. Latencies are the client's, per request."
         " Mean batch is rows / model calls from the mule's `/stats` over the window (1 without batching)."

@@ -63,13 +63,16 @@ def test_triton_gets_an_image_as_one_binary_bytes_tensor():
     assert struct.unpack("<I", data[length : length + 4]) == (len(photo),) and data[length + 4 :] == photo
 
 
-def _results(workload: str, rows: list[tuple[str, int, float, float]]) -> dict:
-    """A run's results with one summary row per (kind, c, req/s, x ceiling)."""
+def _results(workload: str, rows: list[tuple[str, int, float, float]], other_load: dict | None = None) -> dict:
+    """A run's results with one summary row per (kind, c, req/s, x ceiling); `other_load`: the
+    cores other processes took in a row's server windows, by (kind, c), 0.0 where not given."""
+    other_load = other_load or {}
     summary = [{"kind": kind, "concurrency": c, "rps": rps, "ratio": ratio, "ratio_min": ratio, "ratio_max": ratio,
                 "ceiling_img_s": rps / ratio, "p50_ms": 1.0, "latency1_ms": 0.8, "p50_over_latency1": 1.25,
                 "p99_ms": 10.0, "fair_share_ms": 10.0, "p99_over_fair": 1.0, "rss_mb": 900, "pss_mb": 700,
-                "tensorflow_processes": 1} for kind, c, rps, ratio in rows]
-    return {"settings": {"workload": workload}, "summary": summary, "memory_probe": []}
+                "tensorflow_processes": 1, "other_cpu_ceiling": 0.0, "other_cpu_server": other_load.get((kind, c), 0.0)}
+               for kind, c, rps, ratio in rows]
+    return {"settings": {"workload": workload, "max_other_load": 0.25}, "summary": summary, "memory_probe": []}
 
 
 def test_the_small_models_targets_need_3000_requests_a_second_and_twice_triton():
@@ -93,3 +96,25 @@ def test_a_target_against_a_peer_that_was_not_run_is_not_measured_rather_than_pa
     verdicts = {check["target"]: check["result"] for check in report.targets(results)}
     assert verdicts["throughput at c=16 >= 1.1 x Triton's in the same run"] == "NOT MEASURED"
     assert verdicts["throughput at c=16 >= 1.05 x ceiling"] == "PASS"
+
+
+def test_a_verdict_that_rests_on_a_disturbed_row_is_unsure_whichever_way_it_went():
+    rows = [("mule", 1, 900, 0.3), ("mule", 64, 3100, 0.62), ("triton", 64, 1500, 0.3)]
+
+    def verdicts(other_load: dict) -> dict[str, dict]:
+        return {check["target"]: check for check in report.targets(_results("small", rows, other_load))}
+
+    calm = verdicts({})
+    assert calm["throughput at c=64 >= 2.0 x Triton's in the same run"]["result"] == "PASS"
+    # Triton slowed by a neighbour: the lead over it proves nothing
+    slowed_peer = verdicts({("triton", 64): 0.7})["throughput at c=64 >= 2.0 x Triton's in the same run"]
+    assert slowed_peer["result"] == "UNSURE"
+    assert "would be PASS" in slowed_peer["detail"] and "triton c=64" in slowed_peer["detail"]
+    # the mule slowed: its failures prove nothing either, and only the checks on that row change
+    slowed_mule = verdicts({("mule", 64): 0.7})
+    assert slowed_mule["throughput at c=64 >= 0.55 x ceiling"]["result"] == "UNSURE"
+    assert slowed_mule["throughput at c=64 >= 3000 req/s"]["result"] == "UNSURE"
+    assert slowed_mule["p50 at c=1 <= batch-1 latency + 0.5 ms"]["result"] == "PASS"
+    assert slowed_mule["one model copy in mule mode whatever the worker count"]["result"] == "PASS"
+    # at the limit is not over it
+    assert verdicts({("triton", 64): 0.25})["throughput at c=64 >= 2.0 x Triton's in the same run"]["result"] == "PASS"
