@@ -259,7 +259,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="mule mode worker counts for the one-model-copy check (default 2,8 for mobilenet;"
                              " '' to skip)")
     parser.add_argument("--max-other-load", type=float, default=0.25,
-                        help="re-run a pair when other processes used more CPU cores than this (default 0.25)")
+                        help="re-run a pair when other processes used more CPU cores than this (default 0.25);"
+                             " a target resting on a row still over it is UNSURE")
     parser.add_argument("--retries", type=int, default=3, help="re-runs allowed per row (default 3)")
     parser.add_argument("--latency-samples", type=int, default=30, help="calls per batch-1 latency median")
     parser.add_argument("--client", choices=("wrk", "python"), default="wrk",
