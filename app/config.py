@@ -17,6 +17,7 @@ DEMO_MODEL = PROJECT_ROOT / "models" / "digits.keras"
 PREPROCESS_MODES = ("unit", "symmetric", "caffe", "torch", "none")
 RESIZE_MODES = ("stretch", "crop", "pad")
 INFERENCE_MODES = ("mule", "worker")
+MODEL_COMPILE_CHOICES = ("auto", "off")
 
 
 class ConfigError(ValueError):
@@ -127,6 +128,7 @@ class Settings:
     model_concurrency: int = 1
     model_thread_spinning: bool = False
     model_threads: int = 0  # 0: TensorFlow's default, one per core
+    model_compile: str = "auto"  # auto: XLA at the batch sizes where warm-up timed it faster
     request_timeout_ms: int = 30_000
     slot_mb: int = 8
     listen_backlog: int = 128
@@ -225,6 +227,7 @@ class Settings:
             model_concurrency=_int(env, "MODEL_CONCURRENCY", 1, minimum=1),
             model_thread_spinning=_flag(env, "MODEL_THREAD_SPINNING", False),
             model_threads=_int(env, "MODEL_THREADS", 0),
+            model_compile=_choice(env, "MODEL_COMPILE", "auto", MODEL_COMPILE_CHOICES),
             request_timeout_ms=_int(env, "REQUEST_TIMEOUT_MS", 30_000, minimum=1),
             slot_mb=_int(env, "SLOT_MB", 8, minimum=1),
             listen_backlog=_int(env, "LISTEN_BACKLOG", 128, minimum=1),

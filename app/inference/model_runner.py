@@ -21,6 +21,10 @@ from app.inference.spec import BYTES, VARIABLE, Batch, ModelSpec, TensorSpec
 log = logging.getLogger(__name__)
 
 PROBE_SIZE = 32  # the size a variable dimension gets in the load-time probe and the warm-up
+# calls that cost more at warm-up run as a graph without trying XLA: its saving, a fixed 0.1-0.3 ms
+# per call, is too small a share of them to pay for compiling
+COMPILE_UP_TO_MS = 5.0
+STOP_AFTER_LOSSES = 2  # sizes in a row at which XLA was slower before larger ones are not tried
 
 
 class ModelLoadError(Exception):
@@ -40,15 +44,22 @@ def read_labels(path: Path | None) -> tuple[str, ...] | None:
 
 
 class ModelRunner:
-    """Calls the model on batches padded up to fixed bucket sizes, so no new shape is ever traced."""
+    """Calls the model on batches padded up to fixed bucket sizes, so no new shape is ever traced.
 
-    def __init__(self, spec: ModelSpec, call: Callable[[Batch], Batch], buckets: tuple[int, ...]):
+    Each bucket size runs the traced graph or, where warm-up timed it faster, the same graph
+    compiled with XLA (`compile_where_faster`)."""
+
+    def __init__(self, spec: ModelSpec, call: Callable[[Batch], Batch], buckets: tuple[int, ...],
+                 compiler: Callable[[], Callable[[Batch], Batch]] | None = None):
         self.spec = spec
-        self._call = call
+        self._plain = call
+        self._compiler = compiler  # builds the XLA-compiled call; None: the model runs as a plain graph
+        self._calls = dict.fromkeys(buckets, call)
         self.buckets = buckets
         self.max_batch = buckets[-1]
         self._buffer = self.new_buffer()
         self.batch_costs_ms: dict[int, float] = {}  # bucket size -> ms per call, measured by warmup()
+        self.compiled_buckets: tuple[int, ...] = ()
         self.warmup_seconds = 0.0
 
     def bucket_for(self, rows: int) -> int:
@@ -64,7 +75,7 @@ class ModelRunner:
     def run_padded(self, buffer: Batch, rows: int) -> Batch:
         """Run the model on the first `rows` rows of `buffer`, padded up to a bucket size."""
         size = self.bucket_for(rows)
-        outputs = self._call([array[:size] for array in buffer])
+        outputs = self._calls[size]([array[:size] for array in buffer])
         return [out[:rows] for out in outputs]
 
     def run(self, batch: Batch) -> Batch:
@@ -86,17 +97,91 @@ class ModelRunner:
         falls on every size alike rather than on one."""
         began = time.perf_counter()
         for size in self.buckets:
-            self._call([array[:size] for array in self._buffer])
-        samples: dict[int, list[float]] = {size: [] for size in self.buckets}
-        for _ in range(repeats):
-            for size in self.buckets:
-                started = time.perf_counter()
-                self._call([array[:size] for array in self._buffer])
-                samples[size].append((time.perf_counter() - started) * 1000)
+            self._calls[size](self._padding(size))
+        samples = self._time([(size, self._calls[size]) for size in self.buckets], repeats)
         if repeats:
-            self.batch_costs_ms = {size: statistics.median(times) for size, times in samples.items()}
-        self.warmup_seconds = time.perf_counter() - began
+            self.batch_costs_ms = {size: statistics.median(times) for size, times in zip(self.buckets, samples)}
+        self.warmup_seconds += time.perf_counter() - began
         return self.batch_costs_ms
+
+    def compile_where_faster(self, repeats: int) -> tuple[int, ...]:
+        """Race the XLA-compiled call against the graph at each bucket size that cost
+        COMPILE_UP_TO_MS or less in `warmup`, smallest first, and keep it where its median is lower.
+
+        A graph call dispatches each op through TensorFlow's executor and hands it to a pool
+        thread; a compiled call runs fused kernels on the calling thread. That saves a fixed
+        0.1-0.3 ms per call, most of a tiny model's cost, while XLA's own kernels can be slower
+        than TensorFlow's (a CNN's convolutions at 16 rows and more took twice as long on a
+        2-core AMD EPYC VM): which one wins depends on the model, the batch size and the
+        machine, so it is measured here rather than assumed. What XLA loses grows with the
+        rows and what it saves does not, so once it has lost at STOP_AFTER_LOSSES sizes in a row
+        the larger ones are not compiled at all. A model that XLA cannot compile, or whose
+        compiled answer to the warm-up batch differs from the graph's, runs as a graph.
+        Returns the sizes that run compiled."""
+        sizes = [size for size, ms in sorted(self.batch_costs_ms.items()) if ms <= COMPILE_UP_TO_MS]
+        if self._compiler is None or not sizes:
+            return ()
+        began = time.perf_counter()
+        costs: dict[int, float] = {}
+        faster: list[int] = []
+        losses = 0
+        try:
+            compiled = self._compiler()
+            for size in sizes:
+                _check_agreement(self._plain(self._padding(size)), compiled(self._padding(size)))
+                graph, xla = self._time([(size, self._plain), (size, compiled)], repeats)
+                plain_ms, compiled_ms = statistics.median(graph), statistics.median(xla)
+                costs[size] = min(plain_ms, compiled_ms)
+                if compiled_ms < plain_ms:
+                    faster.append(size)
+                    losses = 0
+                else:
+                    losses += 1
+                if losses == STOP_AFTER_LOSSES:
+                    break
+        except Exception as exc:  # XLA raises many types for an op it cannot compile; all mean "don't"
+            log.info("the model runs as a graph, not compiled with XLA: %s: %s", type(exc).__name__, exc)
+            self._compiler = None
+            return ()
+        self.batch_costs_ms.update(costs)
+        self._use(compiled, faster)
+        self.warmup_seconds += time.perf_counter() - began
+        return self.compiled_buckets
+
+    def use_compiled(self, sizes: tuple[int, ...]) -> None:
+        """Run these bucket sizes compiled, as an earlier warm-up chose (compiling each now)."""
+        if self._compiler is not None and sizes:
+            began = time.perf_counter()
+            self._use(self._compiler(), [size for size in sizes if size in self._calls])
+            self.warmup_seconds += time.perf_counter() - began
+
+    def _use(self, compiled: Callable[[Batch], Batch], sizes: list[int]) -> None:
+        for size in sizes:
+            compiled(self._padding(size))  # XLA compiles on the first call at each shape
+            self._calls[size] = compiled
+        self.compiled_buckets = tuple(sizes)
+
+    def _padding(self, size: int) -> Batch:
+        return [array[:size] for array in self._buffer]
+
+    def _time(self, calls: list[tuple[int, Callable[[Batch], Batch]]], repeats: int) -> list[list[float]]:
+        """ms per call of each (size, call), in `repeats` interleaved passes over the list."""
+        samples: list[list[float]] = [[] for _ in calls]
+        for _ in range(repeats):
+            for (size, call), times in zip(calls, samples):
+                started = time.perf_counter()
+                call(self._padding(size))
+                times.append((time.perf_counter() - started) * 1000)
+        return samples
+
+
+def _check_agreement(expected: Batch, got: Batch) -> None:
+    """Raise unless the compiled call answered as the graph did (XLA may fuse and reorder float
+    arithmetic: a difference in the last digits is expected, more is a miscompilation)."""
+    for want, have in zip(expected, got, strict=True):
+        scale = float(np.abs(want).max(initial=0.0)) if want.dtype.kind in "fc" else 0.0
+        if want.shape != have.shape or not np.allclose(have, want, rtol=1e-3, atol=1e-5 + 1e-3 * scale):
+            raise ValueError("its answer to the warm-up batch differs from the graph's")
 
 
 def _settled_version(settings: Settings) -> versions.Version:
@@ -128,10 +213,8 @@ def load_runner(settings: Settings, costs_dir: Path | None = None) -> ModelRunne
 
     _configure_threads(settings.model_thread_spinning, settings.model_threads)
     try:
-        if path.is_dir():
-            call, inputs, output_names, output_shapes = _load_saved_model(tf, path)
-        else:
-            call, inputs, output_names, output_shapes = _load_keras(tf, path)
+        graph, inputs, output_names, output_shapes = (_load_saved_model if path.is_dir() else _load_keras)(tf, path)
+        call = _traced(tf, graph, inputs, jit=False)
     except ModelLoadError:
         raise
     except Exception as exc:  # Keras raises many types for a bad file; all mean the same here.
@@ -152,22 +235,33 @@ def load_runner(settings: Settings, costs_dir: Path | None = None) -> ModelRunne
             f"LABELS_PATH {settings.labels_path} has {len(labels)} labels but the model"
             f" outputs {outputs[0].shape[0]} classes"
         )
-    runner = ModelRunner(spec, call, settings.batch_buckets)
-    # only the mule's batch limit uses the costs; a worker-mode worker only needs warm shapes
-    # (with variable dimensions the cost depends on each batch's sizes: no single limit to choose)
-    timed = settings.inference_mode == "mule" and settings.batch_autotune and not spec.is_variable
+    mule = settings.inference_mode == "mule"  # a worker-mode worker only needs warm shapes
+    # XLA compiles each shape anew (no variable dimensions) and has no string type
+    compiles = (mule and settings.model_compile == "auto" and not spec.is_variable
+                and not any(t.is_bytes for t in inputs))
+    runner = ModelRunner(spec, call, settings.batch_buckets,
+                         compiler=(lambda: _traced(tf, graph, inputs, jit=True)) if compiles else None)
+    # the costs choose the mule's batch limit and where XLA runs (with variable dimensions the
+    # cost depends on each batch's sizes: no single limit to choose)
+    timed = mule and (settings.batch_autotune or compiles) and not spec.is_variable
     shared = timed and costs_dir is not None
     known = batch_costs.recall(costs_dir, path, runner.buckets) if shared else None
     runner.warmup(repeats=3 if timed and known is None else 0)
     if known is not None:
-        runner.batch_costs_ms = known
+        runner.batch_costs_ms = known.costs_ms
+        runner.use_compiled(known.compiled)
         log.info("batch costs as the previous mule measured them for these files (a respawn times nothing)")
-    elif shared:
-        batch_costs.remember(costs_dir, path, runner.buckets, runner.batch_costs_ms)
+    elif timed:
+        runner.compile_where_faster(repeats=5)
+        if shared:
+            batch_costs.remember(costs_dir, path, runner.buckets,
+                                 batch_costs.Timings(runner.batch_costs_ms, runner.compiled_buckets))
     log.info(
-        "model %s version %d loaded from %s in %.1fs: inputs %s, outputs %s; ms per call by batch size %s",
+        "model %s version %d loaded from %s in %.1fs: inputs %s, outputs %s; ms per call by batch size %s;"
+        " compiled with XLA at %s",
         spec.name, spec.version, path, time.perf_counter() - started, _describe(inputs), _describe(outputs),
         {k: round(v, 1) for k, v in runner.batch_costs_ms.items()} or "not timed",
+        list(runner.compiled_buckets) or "no batch size",
     )
     return runner
 
@@ -230,17 +324,24 @@ def _keras_dtype(dtype) -> str:
     return BYTES if str(dtype) in ("string", "<dtype: 'string'>") else np.dtype(str(dtype)).name
 
 
+def _traced(tf, graph: Callable, inputs: tuple[TensorSpec, ...], jit: bool) -> Callable[[Batch], Batch]:
+    """`graph` traced once for every batch size, as a call on numpy arrays. Calling the traced
+    graph itself skips the search a tf.function call makes for the trace its arguments match,
+    ~0.2 ms per call, as much as a whole batch of a small model costs."""
+    signature = [tf.TensorSpec((None, *(None if d == VARIABLE else d for d in t.shape)),
+                               tf.string if t.is_bytes else t.dtype) for t in inputs]
+    traced = tf.function(graph, input_signature=signature, jit_compile=jit).get_concrete_function()
+    return lambda batch: [t.numpy() for t in traced(*batch)]
+
+
 def _load_keras(tf, path: Path):
     import keras  # noqa: PLC0415
 
     model = keras.models.load_model(path, compile=False)
     inputs = tuple(_input_spec(t.name, t.shape, _keras_dtype(t.dtype)) for t in model.inputs)
     names = _output_names(model)
-    signature = [tf.TensorSpec((None, *(None if d == VARIABLE else d for d in t.shape)),
-                               tf.string if t.is_bytes else t.dtype) for t in inputs]
 
-    @tf.function(input_signature=signature)
-    def infer(*tensors):
+    def graph(*tensors):
         # by name, so a model built from a dict of inputs gets each one where it belongs
         args = dict(zip((t.name for t in inputs), tensors)) if len(tensors) > 1 else tensors[0]
         out = model(args, training=False)
@@ -248,11 +349,8 @@ def _load_keras(tf, path: Path):
             return [out[name] for name in names]
         return list(out) if isinstance(out, (list, tuple)) else [out]
 
-    # the traced graph itself: a tf.function call first works out which trace the arguments
-    # match, ~0.2 ms per call, as much as a whole batch of a small model costs
-    traced = infer.get_concrete_function()
     shapes = [getattr(t, "shape", None) for t in model.outputs]
-    return (lambda batch: [t.numpy() for t in traced(*batch)]), inputs, names, shapes
+    return graph, inputs, names, shapes
 
 
 def _output_names(model) -> list[str]:
@@ -279,8 +377,9 @@ def _load_saved_model(tf, path: Path):
     names = sorted(signature.structured_outputs)
     shapes = [signature.structured_outputs[name].shape for name in names]
 
-    def call(batch: list[np.ndarray]) -> list[np.ndarray]:
-        out = signature(**{t.name: tf.constant(array) for t, array in zip(inputs, batch)})
-        return [out[name].numpy() for name in names]
+    def graph(*tensors):
+        # through `loaded`, which owns the variables: the signature alone keeps only weak references
+        out = loaded.signatures["serving_default"](**{t.name: tensor for t, tensor in zip(inputs, tensors)})
+        return [out[name] for name in names]
 
-    return call, inputs, names, shapes
+    return graph, inputs, names, shapes

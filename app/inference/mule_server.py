@@ -564,6 +564,7 @@ class MuleServer:
             buckets=list(runner.buckets) if runner else [],
             batch_limit=self.policy.max_batch,
             batch_cost_ms={str(k): round(v, 2) for k, v in runner.batch_costs_ms.items()} if runner else {},
+            compiled_buckets=list(runner.compiled_buckets) if runner else [],
             model_concurrency=self.settings.model_concurrency,
             batches_in_flight=self._batches_running(),
             rows_in_flight=self.rows_in_flight,

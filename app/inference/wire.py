@@ -230,6 +230,7 @@ class MuleStats:
     buckets: list[int] = field(default_factory=list)
     batch_limit: int = 0
     batch_cost_ms: dict[str, float] = field(default_factory=dict)  # batch size -> warm-up time
+    compiled_buckets: list[int] = field(default_factory=list)  # batch sizes that run compiled with XLA
     model_concurrency: int = 1
     batches_in_flight: int = 0
     rows_in_flight: int = 0

@@ -70,6 +70,7 @@ def test_a_respawned_mule_reuses_the_costs_of_unchanged_files_and_times_changed_
     monkeypatch.setattr(ModelRunner, "warmup", lambda self, repeats: timed.append(repeats) or warmup(self, repeats))
     again = load_runner(settings_for(path), costs)
     assert timed == [0] and again.batch_costs_ms == first.batch_costs_ms
+    assert again.compiled_buckets == first.compiled_buckets  # where XLA won, recalled too
     assert load_runner(settings_for(path)).batch_costs_ms and timed == [0, 3]  # no costs_dir (the ceiling): timed
     small_model.save(path)  # a new file at the same path: its costs are measured, not recalled
     os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 1_000_000_000))  # saved a second later
@@ -82,11 +83,49 @@ def test_a_respawned_mule_reuses_the_costs_of_unchanged_files_and_times_changed_
     assert timed == [0, 3, 3, 3, 3]
 
 
-@pytest.mark.parametrize("overrides", [{"inference_mode": "worker"}, {"batch_autotune": False}])
+@pytest.mark.parametrize("overrides", [{"inference_mode": "worker"}, {"batch_autotune": False, "model_compile": "off"}])
 def test_warmup_is_not_timed_when_nothing_uses_the_costs(small_model, tmp_path, overrides):
     path = tmp_path / "small.keras"
     small_model.save(path)
     assert load_runner(settings_for(path, **overrides)).batch_costs_ms == {}
+    # the choice of where XLA runs uses them too
+    assert load_runner(settings_for(path, batch_autotune=False)).batch_costs_ms.keys() == {1, 2, 4}
+
+
+@pytest.mark.parametrize("kind", ["keras", "savedmodel"])
+def test_compiled_with_xla_the_model_answers_as_keras_does_at_every_size(small_model, tmp_path, kind):
+    """Which sizes win the warm-up race depends on the machine (tests/unit/test_xla_choice.py
+    decides it on a fake clock); here every size is compiled, to check what XLA answers."""
+    path = tmp_path / ("small_savedmodel" if kind == "savedmodel" else "small.keras")
+    if kind == "savedmodel":
+        small_model.export(path, verbose=False)
+    else:
+        small_model.save(path)
+    runner = load_runner(settings_for(path))
+    assert set(runner.compiled_buckets) <= set(runner.buckets)
+    runner.use_compiled(runner.buckets)
+    assert runner.compiled_buckets == (1, 2, 4)
+    batch = np.random.default_rng(3).random((7, 6, 6, 3), dtype=np.float32)
+    (got,) = runner.run([batch])  # chunks of 4 and 3 (padded to 4)
+    np.testing.assert_allclose(got, small_model(batch, training=False).numpy(), atol=1e-5)
+    (one,) = runner.run([batch[:1]])
+    np.testing.assert_allclose(one, small_model(batch[:1], training=False).numpy(), atol=1e-5)
+
+
+def test_xla_is_not_tried_where_it_cannot_serve_or_was_not_asked_for(small_model, tmp_path):
+    path, text, tagger = tmp_path / "small.keras", tmp_path / "text.keras", tmp_path / "tagger.keras"
+    small_model.save(path)
+    text_classifier(text)
+    token_tagger(tagger)
+    runners = [
+        load_runner(settings_for(path, model_compile="off")),
+        load_runner(settings_for(path, inference_mode="worker")),  # one runtime per worker: no time to race
+        load_runner(settings_for(text)),  # XLA has no string type
+        load_runner(settings_for(tagger)),  # variable dimensions: XLA would compile every length anew
+    ]
+    for runner in runners:
+        runner.use_compiled(runner.buckets)
+        assert runner.compiled_buckets == ()
 
 
 def test_padding_to_a_bucket_does_not_change_answers(small_model, tmp_path):

@@ -22,6 +22,7 @@ def test_defaults():
     assert settings.inference_mode == "mule"
     assert (settings.workers, settings.threads) == (4, 4)
     assert settings.n_slots == 16
+    assert settings.model_compile == "auto"
     assert settings.max_upload_mb == 10
     assert settings.max_image_pixels == 50_000_000
     assert settings.max_inputs_per_request == 64
@@ -52,15 +53,17 @@ def test_values_are_read():
     settings = Settings.from_env({
         "HOST": "127.0.0.1", "PORT": "9000", "WORKERS": "2", "THREADS": "8", "PREPROCESS": " Caffe ",
         "RESIZE_MODE": "crop", "INFERENCE_MODE": "worker", "MAX_UPLOAD_MB": "3", "LOG_LEVEL": "DEBUG",
+        "MODEL_COMPILE": "Off",
     })
     assert (settings.host, settings.port, settings.workers, settings.threads) == ("127.0.0.1", 9000, 2, 8)
     assert (settings.preprocess, settings.resize_mode, settings.inference_mode) == ("caffe", "crop", "worker")
     assert settings.max_upload_mb == 3
     assert settings.log_level == "debug"
     assert settings.n_slots == 16
+    assert settings.model_compile == "off"
 
 
-@pytest.mark.parametrize("name", ["PREPROCESS", "RESIZE_MODE", "INFERENCE_MODE", "LOG_LEVEL"])
+@pytest.mark.parametrize("name", ["PREPROCESS", "RESIZE_MODE", "INFERENCE_MODE", "LOG_LEVEL", "MODEL_COMPILE"])
 def test_invalid_choice_names_the_variable(name):
     with pytest.raises(ConfigError, match=name) as info:
         Settings.from_env({name: "bogus"})
