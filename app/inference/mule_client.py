@@ -186,7 +186,7 @@ class MuleClient:
         except TimeoutError:
             raise DeadlineExceeded(late) from None
         except OSError as exc:
-            raise Unavailable(f"the model process could not be reached ({exc}); retry shortly") from None
+            raise _unreachable(exc) from None
 
     # --- inference ------------------------------------------------------------------------
 
@@ -223,7 +223,7 @@ class MuleClient:
             self._refresh(channel)
         except OSError as exc:
             channel.close()
-            raise Unavailable(f"the model process could not be reached ({exc}); retry shortly") from None
+            raise _unreachable(exc) from None
         if not channel.status.ready:
             raise NotReady(channel.status.reason)
         if channel.spec.inputs != spec.inputs:
@@ -279,3 +279,8 @@ class MuleClient:
 
 class _Stale(Exception):
     """The mule no longer has the version these rows were written for, or is another mule."""
+
+
+def _unreachable(exc: OSError) -> Unavailable:
+    """The mule's socket refused or dropped us: it is restarting, so the client retries."""
+    return Unavailable(f"the model process could not be reached ({exc}); retry shortly")
