@@ -155,6 +155,7 @@ def _serve(workload: Workload, out: IO[str]) -> None:
         "ready": True, "load_s": worker.load_s, "tf_version": tf.__version__, "keras_version": keras.__version__,
         "input": list(worker.spec.input.shape), "buckets": list(worker.runner.buckets), "batch": workload.ceiling_batch,
         "batch_cost_ms": worker.runner.batch_costs_ms, "efficient_batch": efficient_batch(worker.runner.batch_costs_ms),
+        "compiled_buckets": list(worker.runner.compiled_buckets),
     })
     for line in sys.stdin:
         command = json.loads(line)

@@ -174,6 +174,22 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     return checks
 
 
+def _compiled_note(results: dict[str, Any]) -> list[str]:
+    """At which batch sizes the ceiling and the mule ran XLA (MODEL_COMPILE=auto races it at warm-up)."""
+    ceiling = results["machine"].get("ceiling_compiled_buckets")
+    mule = sorted({tuple(p["batches"]["compiled_buckets"]) for k in results["kinds"] if k["kind"] == "mule"
+                   for r in k["rows"] for p in r["pairs"] if p["batches"].get("compiled_buckets") is not None})
+    if ceiling is None and not mule:
+        return []  # a run from before the race
+    text = (f"XLA (`MODEL_COMPILE=auto`: raced against the graph per batch size at warm-up): the ceiling ran compiled"
+            f" at batch sizes {_sizes(ceiling)}; the mule at {' / '.join(map(_sizes, mule)) or 'not recorded'}.")
+    return [text, ""]
+
+
+def _sizes(buckets: list[int] | tuple[int, ...] | None) -> str:
+    return ", ".join(map(str, buckets)) if buckets else "none"
+
+
 def _best_batch_note(results: dict[str, Any]) -> list[str]:
     """How the server compares with the ceiling run at its own cheapest batch size, not only at 16."""
     best = results["machine"].get("best_batch_ceiling")
@@ -273,6 +289,7 @@ def markdown(results: dict[str, Any]) -> str:
     lines += [f"| {c['target']} | **{c['result']}** | {c['detail']} |" for c in results["targets"]]
     lines += [""]
     lines += _best_batch_note(results)
+    lines += _compiled_note(results)
     problems = [(k["kind"], p) for k in results["kinds"] for p in k["problems"]]
     problems += [(f"memory probe {p['workers']} workers", p["problem"]) for p in results["memory_probe"]
                  if "problem" in p]

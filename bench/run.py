@@ -78,6 +78,7 @@ def _mule_batches(before: dict | None, after: dict | None) -> dict[str, Any]:
         "overloaded": after.get("overloaded", 0) - before.get("overloaded", 0),
         "expired": after.get("expired", 0) - before.get("expired", 0),
         "batch_limit": after.get("batch_limit"),
+        "compiled_buckets": after.get("compiled_buckets"),
     }
 
 
@@ -220,7 +221,7 @@ def machine_info(load: Load, ceiling: Ceiling, triton_python: str = "") -> dict[
         "memory_gb": round(mem_kb / 1024 / 1024, 1), "kernel": platform.release(),
         "python": platform.python_version(), "tensorflow": ceiling.info.get("tf_version"),
         "keras": ceiling.info.get("keras_version"), "numpy": version("numpy"), "pillow": version("pillow"),
-        "flask": version("flask"),
+        "flask": version("flask"), "ceiling_compiled_buckets": ceiling.info.get("compiled_buckets"),
         "uwsgi": first_line([str(Path(sys.executable).parent / "uwsgi"), "--version"]),
         "nginx": first_line([shutil.which("nginx") or "/usr/sbin/nginx", "-v"]),
         "client": load.version(), "user": os.getenv("USER") or str(os.geteuid()),

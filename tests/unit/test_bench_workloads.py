@@ -118,3 +118,17 @@ def test_a_verdict_that_rests_on_a_disturbed_row_is_unsure_whichever_way_it_went
     assert slowed_mule["one model copy in mule mode whatever the worker count"]["result"] == "PASS"
     # at the limit is not over it
     assert verdicts({("triton", 64): 0.25})["throughput at c=64 >= 2.0 x Triton's in the same run"]["result"] == "PASS"
+
+
+def test_the_report_says_where_the_ceiling_and_the_mule_ran_xla():
+    def pair(compiled):
+        return {"batches": {"compiled_buckets": compiled}}
+
+    results = {"machine": {"ceiling_compiled_buckets": [1, 2, 3]},
+               "kinds": [{"kind": "mule", "rows": [{"pairs": [pair([1, 2]), pair([1, 2])]}]},
+                         {"kind": "triton", "rows": [{"pairs": [{"batches": {}}]}]}]}
+    (note, _) = report._compiled_note(results)
+    assert "the ceiling ran compiled at batch sizes 1, 2, 3; the mule at 1, 2." in note
+    results["machine"]["ceiling_compiled_buckets"] = []
+    assert "the ceiling ran compiled at batch sizes none;" in report._compiled_note(results)[0]
+    assert report._compiled_note({"machine": {}, "kinds": []}) == []  # a run from before the race
