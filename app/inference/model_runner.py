@@ -25,6 +25,8 @@ PROBE_SIZE = 32  # the size a variable dimension gets in the load-time probe and
 # per call, is too small a share of them to pay for compiling
 COMPILE_UP_TO_MS = 5.0
 STOP_AFTER_LOSSES = 2  # sizes in a row at which XLA was slower before larger ones are not tried
+# the race stops trying new sizes after this long: a large graph can take XLA many seconds per shape
+COMPILE_BUDGET_S = 20.0
 
 
 class ModelLoadError(Exception):
@@ -115,7 +117,8 @@ class ModelRunner:
         2-core AMD EPYC VM): which one wins depends on the model, the batch size and the
         machine, so it is measured here rather than assumed. What XLA loses grows with the
         rows and what it saves does not, so once it has lost at STOP_AFTER_LOSSES sizes in a row
-        the larger ones are not compiled at all. A model that XLA cannot compile, or whose
+        the larger ones are not compiled at all, nor any once the race has taken COMPILE_BUDGET_S
+        (compiling a large graph takes seconds per shape). A model that XLA cannot compile, or whose
         compiled answer to the warm-up batch differs from the graph's, runs as a graph.
         Returns the sizes that run compiled."""
         sizes = [size for size, ms in sorted(self.batch_costs_ms.items()) if ms <= COMPILE_UP_TO_MS]
@@ -128,6 +131,9 @@ class ModelRunner:
         try:
             compiled = self._compiler()
             for size in sizes:
+                if time.perf_counter() - began > COMPILE_BUDGET_S:
+                    log.info("XLA not tried at %d rows and up: the race took its %.0f s", size, COMPILE_BUDGET_S)
+                    break
                 _check_agreement(self._plain(self._padding(size)), compiled(self._padding(size)))
                 graph, xla = self._time([(size, self._plain), (size, compiled)], repeats)
                 plain_ms, compiled_ms = statistics.median(graph), statistics.median(xla)

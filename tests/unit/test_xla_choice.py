@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from app.inference import batch_costs, model_runner
-from app.inference.model_runner import COMPILE_UP_TO_MS, ModelRunner
+from app.inference.model_runner import COMPILE_BUDGET_S, COMPILE_UP_TO_MS, ModelRunner
 from tests.doubles import TOY_SPEC
 
 BUCKETS = (1, 2, 4, 8)
@@ -29,16 +29,18 @@ class Clock:
 class CostedModel:
     """The toy model's answers, costing `costs_ms[batch size]` of fake time per call."""
 
-    def __init__(self, clock: Clock, costs_ms: dict[int, float], answer_offset: float = 0.0, fails: bool = False):
+    def __init__(self, clock: Clock, costs_ms: dict[int, float], answer_offset: float = 0.0, fails: bool = False,
+                 first_call_s: float = 0.0):
         self.clock, self.costs_ms, self.offset, self.fails = clock, costs_ms, answer_offset, fails
+        self.first_call_s = first_call_s  # what compiling a shape costs, on its first call
         self.sizes: list[int] = []  # the batch size of each call
 
     def __call__(self, batch):
         (rows,) = batch
-        self.sizes.append(len(rows))
         if self.fails:
             raise RuntimeError("XLA compilation failed: unsupported op")
-        self.clock.seconds += self.costs_ms[len(rows)] / 1000
+        self.clock.seconds += self.costs_ms[len(rows)] / 1000 + (0 if len(rows) in self.sizes else self.first_call_s)
+        self.sizes.append(len(rows))
         return [rows.sum(axis=1, keepdims=True) + self.offset, rows * 2]
 
 
@@ -132,3 +134,10 @@ def test_once_xla_lost_at_two_sizes_in_a_row_larger_ones_are_not_compiled(clock)
     assert runner.compiled_buckets == (1,)
     assert 8 not in compiled.sizes  # what XLA loses grows with the rows: not raced at 8
     assert runner.batch_costs_ms == pytest.approx({1: 0.5, 2: 1.0, 4: 1.0, 8: 1.0})
+
+
+def test_the_race_stops_trying_new_sizes_once_compiling_has_taken_its_budget(clock):
+    slow = CostedModel(clock, dict.fromkeys(BUCKETS, 0.1), first_call_s=COMPILE_BUDGET_S / 2 + 1)
+    runner, _ = raced(clock, dict.fromkeys(BUCKETS, 1.0), slow)
+    assert runner.compiled_buckets == (1, 2)  # 1 and 2 took the budget: 4 and 8 never compiled
+    assert set(slow.sizes) == {1, 2}
