@@ -145,12 +145,10 @@ class ModelRunner:
                     losses += 1
                 if losses == STOP_AFTER_LOSSES:
                     break
+            self._use(compiled, faster)
+            self.batch_costs_ms.update(costs)
         except Exception as exc:  # XLA raises many types for an op it cannot compile; all mean "don't"
-            log.info("the model runs as a graph, not compiled with XLA: %s: %s", type(exc).__name__, exc)
-            self._compiler = None
-            return ()
-        self.batch_costs_ms.update(costs)
-        self._use(compiled, faster)
+            self._give_up_compiling(exc)
         self.warmup_seconds += time.perf_counter() - began
         return self.compiled_buckets
 
@@ -158,8 +156,17 @@ class ModelRunner:
         """Run these bucket sizes compiled, as an earlier warm-up chose (compiling each now)."""
         if self._compiler is not None and sizes:
             began = time.perf_counter()
-            self._use(self._compiler(), [size for size in sizes if size in self._calls])
+            try:
+                self._use(self._compiler(), [size for size in sizes if size in self._calls])
+            except Exception as exc:  # as in compile_where_faster: the graph serves instead
+                self._give_up_compiling(exc)
             self.warmup_seconds += time.perf_counter() - began
+
+    def _give_up_compiling(self, exc: Exception) -> None:
+        log.info("the model runs as a graph, not compiled with XLA: %s: %s", type(exc).__name__, exc)
+        self._compiler = None
+        self._calls = dict.fromkeys(self.buckets, self._plain)
+        self.compiled_buckets = ()
 
     def _use(self, compiled: Callable[[Batch], Batch], sizes: list[int]) -> None:
         for size in sizes:

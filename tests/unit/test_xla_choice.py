@@ -141,3 +141,14 @@ def test_the_race_stops_trying_new_sizes_once_compiling_has_taken_its_budget(clo
     runner, _ = raced(clock, dict.fromkeys(BUCKETS, 1.0), slow)
     assert runner.compiled_buckets == (1, 2)  # 1 and 2 took the budget: 4 and 8 never compiled
     assert set(slow.sizes) == {1, 2}
+
+
+def test_a_respawned_mule_whose_compile_fails_serves_with_the_graph(clock):
+    plain = CostedModel(clock, dict.fromkeys(BUCKETS, 1.0))
+    runner = ModelRunner(TOY_SPEC, plain, BUCKETS,
+                         compiler=lambda: CostedModel(clock, dict.fromkeys(BUCKETS, 0.1), fails=True))
+    runner.warmup(repeats=0)
+    runner.use_compiled((1, 4))
+    assert runner.compiled_buckets == ()
+    (total, _) = runner.run_padded(runner.new_buffer(), 1)
+    assert plain.sizes[-1] == 1 and total.shape == (1, 1)
