@@ -249,9 +249,10 @@ def load_runner(settings: Settings, costs_dir: Path | None = None) -> ModelRunne
             f" outputs {outputs[0].shape[0]} classes"
         )
     mule = settings.inference_mode == "mule"  # a worker-mode worker only needs warm shapes
-    # XLA compiles each shape anew (no variable dimensions) and has no string type
+    # XLA compiles each shape anew (no variable dimensions), has no string type, and clamps an
+    # index out of range where the graph fails the request: only float inputs are compiled
     compiles = (mule and settings.model_compile == "auto" and not spec.is_variable
-                and not any(t.is_bytes for t in inputs))
+                and all(not t.is_bytes and np.dtype(t.dtype).kind == "f" for t in inputs))
     runner = ModelRunner(spec, call, settings.batch_buckets,
                          compiler=(lambda: _traced(tf, graph, inputs, jit=True)) if compiles else None)
     # the costs choose the mule's batch limit and where XLA runs (with variable dimensions the

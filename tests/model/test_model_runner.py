@@ -113,15 +113,18 @@ def test_compiled_with_xla_the_model_answers_as_keras_does_at_every_size(small_m
 
 
 def test_xla_is_not_tried_where_it_cannot_serve_or_was_not_asked_for(small_model, tmp_path):
-    path, text, tagger = tmp_path / "small.keras", tmp_path / "text.keras", tmp_path / "tagger.keras"
+    path, text, tagger, counts = (tmp_path / name for name in ("small.keras", "text.keras", "tagger.keras",
+                                                                "two.keras"))
     small_model.save(path)
     text_classifier(text)
     token_tagger(tagger)
+    two_in_two_out(counts)
     runners = [
         load_runner(settings_for(path, model_compile="off")),
         load_runner(settings_for(path, inference_mode="worker")),  # one runtime per worker: no time to race
         load_runner(settings_for(text)),  # XLA has no string type
         load_runner(settings_for(tagger)),  # variable dimensions: XLA would compile every length anew
+        load_runner(settings_for(counts)),  # an int32 input: XLA clamps an index the graph refuses
     ]
     for runner in runners:
         runner.use_compiled(runner.buckets)
