@@ -94,17 +94,24 @@ def overload(server: LocalServer, body: bytes, capacity_rps: float, factor: floa
              min_goodput: float = 0.9) -> Case:
     """Open-loop arrivals at `factor` x capacity: the excess shed fast (503), goodput kept (at
     least `min_goodput` x capacity), the accepted answered within REQUEST_TIMEOUT_MS, and a quick
-    answer again seconds after it ends."""
+    answer again seconds after it ends.
+
+    Goodput is held against the mean of `capacity_rps` (measured before) and the capacity measured
+    again right after the window: a shared VM's speed drifts by 10-20 % within minutes, and one
+    CI run whose capacity was taken half a minute earlier read 0.75 for a window that a slower
+    machine simply served less."""
     quick = 3 * unloaded_ms(server.url, body) + 50
     timeout_ms = Settings.from_env(server.env).request_timeout_ms
     window = open_loop(f"{server.url}/predict", body, "image/jpeg", rate=factor * capacity_rps, seconds=seconds,
                        quick_ms=quick)
-    figures = {"capacity_rps": round(capacity_rps, 1), **window.as_dict(),
-               "goodput_share": round(window.ok_per_s / capacity_rps, 3), "quick_ms": round(quick, 1)}
+    after = capacity(server.url, body)
+    baseline = (capacity_rps + after) / 2
+    figures = {"capacity_rps": round(capacity_rps, 1), "capacity_after_rps": round(after, 1), **window.as_dict(),
+               "goodput_share": round(window.ok_per_s / baseline, 3), "quick_ms": round(quick, 1)}
     checks = {
         "only 200 and 503": set(window.statuses) <= {"200", "503"},
         "503 p99 < 50 ms": window.rejected_p99_ms is None or window.rejected_p99_ms < 50,
-        f"goodput >= {min_goodput:.0%} of capacity": window.ok_per_s >= min_goodput * capacity_rps,
+        f"goodput >= {min_goodput:.0%} of capacity": window.ok_per_s >= min_goodput * baseline,
         "accepted within REQUEST_TIMEOUT_MS": (window.ok_max_ms or 0) < timeout_ms,
         "recovered within 10 s": window.recovery_s is not None and window.recovery_s < 10,
     }
@@ -389,7 +396,8 @@ HOW_TO_READ = """
 ## How to read it
 
 - Capacity is MobileNetV2 on a 224x224 photo, closed loop (wrk, 32 clients), on the same server
-  just before the overload windows; goodput counts the 200s completed within the window.
+  just before the overload windows and again right after each; goodput counts the 200s
+  completed within the window, against the mean of the two capacities.
   Arrivals come from h2load, a new connection per request, in bursts every 20 ms;
   `client_cpu_s` is what h2load used of the same cores.
 - The excess is shed by nginx when uWSGI's queue (`LISTEN_BACKLOG`) is full: a JSON 503 with
