@@ -157,7 +157,11 @@ class ModelRunner:
         if self._compiler is not None and sizes:
             began = time.perf_counter()
             try:
-                self._use(self._compiler(), [size for size in sizes if size in self._calls])
+                compiled = self._compiler()
+                chosen = [size for size in sizes if size in self._calls]
+                for size in chosen:
+                    compiled(self._padding(size))  # XLA compiles on the first call at each shape
+                self._use(compiled, chosen)
             except Exception as exc:  # as in compile_where_faster: the graph serves instead
                 self._give_up_compiling(exc)
             self.warmup_seconds += time.perf_counter() - began
@@ -169,8 +173,8 @@ class ModelRunner:
         self.compiled_buckets = ()
 
     def _use(self, compiled: Callable[[Batch], Batch], sizes: list[int]) -> None:
+        """Route these sizes to `compiled`, already called (so compiled) at each of them."""
         for size in sizes:
-            compiled(self._padding(size))  # XLA compiles on the first call at each shape
             self._calls[size] = compiled
         self.compiled_buckets = tuple(sizes)
 
