@@ -19,22 +19,21 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from flask import Flask, Response, g
+from flask import Flask, g
 from werkzeug.exceptions import ClientDisconnected
 
 from app import auth, metrics, request_ids, routes, serving
-from app.inference.backend import Prediction
 from app.inputs import in_body
 from app.protocols import tfserving, v2
 
 WsgiApp = Callable[[dict, Callable], Iterable[bytes]]
-Answer = Callable[..., tuple[Response, Prediction]]  # (call, **path parameters)
+Answers = Callable[..., serving.Answer]  # (call, **path parameters)
 
 
 @dataclass(frozen=True)
 class _Route:
     rule: str  # Flask's rule for the same requests: the route label of the metrics
-    answer: Answer
+    answer: Answers
     takes_type: Callable[[str], bool] = lambda content_type: True  # the view reads any body
 
     def pattern(self) -> re.Pattern[str]:
@@ -79,13 +78,12 @@ class FastLane:
                     raise ClientDisconnected()
                 call = serving.Call(body, content_type, environ.get("HTTP_X_REQUEST_START", ""),
                                     environ.get("HTTP_INFERENCE_HEADER_CONTENT_LENGTH"))
-                response, result = route.answer(call, **path_args)
+                answer = route.answer(call, **path_args)
             except Exception as exc:
                 return self._error(environ, start_response, exc)
-        serving.answered(response, result)
-        response.headers[request_ids.HEADER] = request_id
-        metrics.count_answer(self._settings.model_name, route.rule, response.status_code, started)
-        return response(environ, start_response)
+        metrics.count_answer(self._settings.model_name, route.rule, 200, started)
+        start_response("200 OK", [*answer.headers(), (request_ids.HEADER, request_id)])
+        return [answer.body]
 
     def _takes(self, environ: dict, content_type: str) -> tuple[_Route, dict[str, str]] | None:
         """The route of a request the lane answers, and its path parameters; None for Flask."""

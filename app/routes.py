@@ -10,7 +10,6 @@ from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4
 from app import metrics, serving
 from app.config import Settings
 from app.errors import ApiError
-from app.inference.backend import Prediction
 from app.inputs import Inputs, body_inputs, parse_inputs
 from app.outputs import raw_rows, top_k
 from app.tensors import images_to_array, rows_to_inputs
@@ -30,18 +29,17 @@ def _top_k_param(settings: Settings) -> int:
 @bp.post("/predict")
 def predict():
     k = _top_k_param(serving.settings())
-    response, result = _answer(serving.request_start(), lambda: parse_inputs(request), k)
-    return serving.answered(response, result)
+    return _answer(serving.request_start(), lambda: parse_inputs(request), k).response()
 
 
-def answer(call: serving.Call) -> tuple[Response, Prediction]:
+def answer(call: serving.Call) -> serving.Answer:
     """/predict for a body `in_body` takes and the default top_k: app.fast_lane's way in."""
     return _answer(call.request_start, lambda: body_inputs(call.content_type, call.body),
                    serving.settings().default_top_k)
 
 
-def _answer(request_start: str, parse: Callable[[], tuple[Inputs, object]], k: int) -> tuple[Response, Prediction]:
-    """/predict's answer and the prediction behind it, the view's and app.fast_lane's alike:
+def _answer(request_start: str, parse: Callable[[], tuple[Inputs, object]], k: int) -> serving.Answer:
+    """/predict's answer, the view's and app.fast_lane's alike:
     `parse` reads the inputs once the deadline and the model's readiness are checked."""
     deadline = serving.deadline(request_start)
     spec = serving.ready_spec()
@@ -57,7 +55,7 @@ def _answer(request_start: str, parse: Callable[[], tuple[Inputs, object]], k: i
         predictions = per_row if inputs.plural else per_row[0]
     else:
         predictions = raw_rows(result.outputs, spec)
-    return jsonify({"model": spec.name, "predictions": predictions}), result
+    return serving.Answer.json({"model": spec.name, "predictions": predictions}, result)
 
 
 @bp.get("/health/live")

@@ -7,11 +7,10 @@ argument is 400 (INVALID_ARGUMENT), an unknown model 404, a full queue 503, a de
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, jsonify
+from flask import Blueprint, jsonify
 
 from app import serving
 from app.errors import ApiError
-from app.inference.backend import Prediction
 from app.inference.spec import ModelSpec, TensorSpec
 from app.outputs import raw_rows
 from app.protocols import as_bad_request
@@ -84,10 +83,10 @@ def signature_def(spec: ModelSpec) -> dict:
 @bp.post("/v1/models/<name>:predict")
 @bp.post("/v1/models/<name>/versions/<version>:predict")
 def predict(name: str, version: str | None = None):
-    return serving.answered(*answer(serving.Call.of_request(), name, version))
+    return answer(serving.Call.of_request(), name, version).response()
 
 
-def answer(call: serving.Call, name: str, version: str | None = None) -> tuple[Response, Prediction]:
+def answer(call: serving.Call, name: str, version: str | None = None) -> serving.Answer:
     """The :predict view's answer (without its inference headers), also app.fast_lane's."""
     serving.check_model(name)
     deadline = serving.deadline(call.request_start)
@@ -111,9 +110,9 @@ def answer(call: serving.Call, name: str, version: str | None = None) -> tuple[R
         serving.check_count(len(arrays[0]))
     result = serving.backend().predict(arrays, deadline)
     if "instances" in body:
-        response = jsonify(predictions=raw_rows(result.outputs, spec))
+        value = {"predictions": raw_rows(result.outputs, spec)}
     elif len(result.outputs) == 1:
-        response = jsonify(outputs=to_json(result.outputs[0]))
+        value = {"outputs": to_json(result.outputs[0])}
     else:
-        response = jsonify(outputs={t.name: to_json(out) for t, out in zip(spec.outputs, result.outputs)})
-    return response, result
+        value = {"outputs": {t.name: to_json(out) for t, out in zip(spec.outputs, result.outputs)}}
+    return serving.Answer.json(value, result)

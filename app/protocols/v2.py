@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
-from flask import Blueprint, Response, jsonify
+from flask import Blueprint, jsonify
 
 from app import __version__, serving
 from app.errors import ApiError
@@ -73,10 +73,10 @@ def model_metadata(name: str, version: str | None = None):
 @bp.post("/v2/models/<name>/infer")
 @bp.post("/v2/models/<name>/versions/<version>/infer")
 def infer(name: str, version: str | None = None):
-    return serving.answered(*answer(serving.Call.of_request(), name, version))
+    return answer(serving.Call.of_request(), name, version).response()
 
 
-def answer(call: serving.Call, name: str, version: str | None = None) -> tuple[Response, Prediction]:
+def answer(call: serving.Call, name: str, version: str | None = None) -> serving.Answer:
     """The infer view's answer (without its inference headers), also app.fast_lane's."""
     serving.check_model(name)
     deadline = serving.deadline(call.request_start)
@@ -109,7 +109,7 @@ def answer(call: serving.Call, name: str, version: str | None = None) -> tuple[R
     if "id" in body:
         reply["id"] = body["id"]
     reply["outputs"] = outputs
-    return _framed(reply, blobs), result
+    return _framed(reply, blobs, result)
 
 
 def _inputs(body: dict, binary: memoryview, spec: ModelSpec) -> list[np.ndarray]:
@@ -195,11 +195,10 @@ def _flat_json(values: np.ndarray) -> list:
     return flat.tolist()
 
 
-def _framed(answer: dict, blobs: list[bytes]) -> Response:
+def _framed(reply: dict, blobs: list[bytes], result: Prediction) -> serving.Answer:
     """JSON alone, or with binary outputs the JSON header followed by the tensors."""
     if not blobs:
-        return jsonify(answer)
-    header = json.dumps(answer).encode()
-    response = Response(header + b"".join(blobs), content_type="application/octet-stream")
-    response.headers[v2_binary.HEADER] = str(len(header))
-    return response
+        return serving.Answer.json(reply, result)
+    header = json.dumps(reply).encode()
+    return serving.Answer(header + b"".join(blobs), "application/octet-stream", result,
+                          ((v2_binary.HEADER, str(len(header))),))

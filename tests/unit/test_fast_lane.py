@@ -8,15 +8,15 @@ import json
 import struct
 
 import pytest
-from flask import Flask
+from flask import Flask, jsonify
 from flask.wrappers import Response
 from prometheus_client import REGISTRY
 from werkzeug.test import Client
 
-from app import create_app, request_ids
+from app import create_app, request_ids, serving
 from app.config import Settings
 from app.fast_lane import ROUTES
-from app.inference.backend import DeadlineExceeded, InferenceFailed, NotReady, Overloaded
+from app.inference.backend import DeadlineExceeded, InferenceFailed, NotReady, Overloaded, Prediction
 from tests.doubles import TENSOR_SPEC, FakeBackend
 from tests.unit.test_http_api import b64, image_for_class
 
@@ -161,6 +161,14 @@ def test_a_model_that_is_not_loaded_is_answered_as_flask_answers_it():
     lane, flask = both(app, data=PNG, content_type="image/png")
     assert lane.status_code == 503
     assert answer(lane) == answer(flask)
+
+
+def test_answers_are_encoded_as_jsonify_encodes_the_errors():
+    """Inference answers skip jsonify (app.serving.Answer) yet read as the errors do: same bytes."""
+    value = {"model": "m", "predictions": [{"label": "caf\u00e9 \U0001f600", "index": 3, "score": 1.5e-7}],
+             "nothing": None, "z": True, "a": [0.1, 2]}
+    with make_app().app_context():
+        assert serving.Answer.json(value, Prediction([])).body == jsonify(value).get_data()
 
 
 def _flask_marks_its_answers(app: Flask) -> None:
