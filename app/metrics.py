@@ -10,6 +10,7 @@ mule's status and /proc instead, so a dead process can never leave a stale value
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from collections.abc import Iterator
@@ -92,9 +93,17 @@ def instrument(app: Flask, model: str) -> None:
 
 def count_answer(model: str, route: str, status: int, started: float | None) -> None:
     """One answer in kerasrv_requests and, when its start is known, in the duration histogram."""
-    REQUESTS.labels(model, route, str(status)).inc()
+    requests, seconds = _answer_series(model, route, status)
+    requests.inc()
     if started is not None:
-        REQUEST_SECONDS.labels(model, route).observe(time.perf_counter() - started)
+        seconds.observe(time.perf_counter() - started)
+
+
+@functools.cache
+def _answer_series(model: str, route: str, status: int) -> tuple[Counter, Histogram]:
+    """A route's series, looked up once: `labels()` takes a lock and builds its key on every call
+    (the labels are bounded: Flask rules and status codes)."""
+    return REQUESTS.labels(model, route, str(status)), REQUEST_SECONDS.labels(model, route)
 
 
 class _Present(Collector):
