@@ -130,46 +130,33 @@ def measure_kind(kind: str, args: argparse.Namespace, ceiling: Ceiling, load: Lo
                  bodies: list[bytes]) -> dict[str, Any]:
     """All concurrencies of one server kind: a warm-up, then `pairs` x [ceiling window, server window].
 
-    A pair during which other processes took more than --max-other-load cores (in either window)
-    is run again, at most --retries times per row; the rejected pairs stay in the raw data.
+    A server that dies during a row (Triton's Python backend once crashed with SIGSEGV in the
+    middle of a run) is started once more and that row measured anew, so the run keeps its
+    comparison; the crash stays in the problems and its log in `crash_log`.
     """
     _log(f"starting {kind}")
     started = time.monotonic()
     server = start_server(kind, args, bodies[0])
     result: dict[str, Any] = {"kind": kind, "start_s": time.monotonic() - started, "rows": [], "problems": []}
     result["env"] = server.env if kind in ("mule", "worker") else {"command": " ".join(server.command)}
-    photos_as_requests = server.load_requests(bodies)
+    restarts = 1
     try:
         for concurrency in args.concurrency:
-            warm = load.window(server.url, concurrency, args.warmup, photos_as_requests)
-            drained = wait_idle(server.root)
-            _log(f"{kind} c={concurrency}: warm-up {warm.rps:.1f} req/s, {warm.errors} errors, drained {drained:.1f}s")
-            pairs: list[dict[str, Any]] = []
-            rejected: list[dict[str, Any]] = []
-            while len(pairs) < args.pairs and len(rejected) <= args.retries:
-                pair = measure_pair(server, concurrency, args, ceiling, load, requests=photos_as_requests)
-                window, ceil = pair["server"], pair["ceiling"]
-                other = max(ceil["other_cpu_cores"], pair["other_cpu_cores"])
-                # the last allowed attempt is kept whatever the load, so every row gets its pairs
-                keep = other <= args.max_other_load or len(rejected) == args.retries
-                pair["pair"] = len(pairs) if keep else None
-                if not pairs:
-                    pair["memory_per_process"] = pair["memory"]["per_process"]
-                del pair["memory"]["per_process"]
-                (pairs if keep else rejected).append(pair)
-                _log(f"{kind} c={concurrency} {'pair ' + str(pair['pair']) if keep else 'REJECTED'}:"
-                     f" ceiling {ceil['img_per_s']:.1f} img/s, server {window['rps']:.1f} req/s"
-                     f" (x{pair['ratio']:.2f}), p50 {window['p50_ms']:.0f} ms, p99 {window['p99_ms']:.0f} ms,"
-                     f" batch {pair['batches']['mean_batch']:.2f}, errors {window['errors']},"
-                     f" cpu {ceil['cpu_cores']:.2f}/{pair['server_cpu_cores']:.2f},"
-                     f" other load {ceil['other_cpu_cores']:.2f}/{pair['other_cpu_cores']:.2f} cores")
-                if window["errors"]:
-                    result["problems"].append(f"c={concurrency}: {window['errors']} errors in a window"
-                                              f" {window['error_detail']}")
-                if not server.alive():
-                    raise RuntimeError(f"{kind} server exited during the run:\n{server.log()}")
-            result["rows"].append({"concurrency": concurrency, "warmup": warm.as_dict(), "pairs": pairs,
-                                   "rejected": rejected})
+            while True:
+                try:
+                    result["rows"].append(measure_row(server, concurrency, args, ceiling, load, kind=kind,
+                                                      bodies=bodies, problems=result["problems"]))
+                    break
+                except Exception as exc:
+                    if server.alive() or not restarts:
+                        raise
+                    restarts -= 1
+                    result["problems"].append(f"c={concurrency}: the server died ({type(exc).__name__}: {exc});"
+                                              " started again, the row measured anew")
+                    _log(f"{kind} died at c={concurrency}: starting it again")
+                    result["crash_log"] = server.log(20000)
+                    server.stop()
+                    server = start_server(kind, args, bodies[0])
     except Exception as exc:
         result["problems"].append(f"aborted: {type(exc).__name__}: {exc}")
         _log(f"{kind} aborted: {exc}")
@@ -178,6 +165,43 @@ def measure_kind(kind: str, args: argparse.Namespace, ceiling: Ceiling, load: Lo
             result["log_tail"] = server.log(20000)
         result["exit_code"] = server.stop()
     return result
+
+
+def measure_row(server: Kerasrv | Recipe | Triton, concurrency: int, args: argparse.Namespace, ceiling: Ceiling,
+                load: Load, *, kind: str, bodies: list[bytes], problems: list[str]) -> dict[str, Any]:
+    """One concurrency: a warm-up, then `pairs` x [ceiling window, server window].
+
+    A pair during which other processes took more than --max-other-load cores (in either window)
+    is run again, at most --retries times per row; the rejected pairs stay in the raw data.
+    """
+    requests = server.load_requests(bodies)
+    warm = load.window(server.url, concurrency, args.warmup, requests)
+    drained = wait_idle(server.root)
+    _log(f"{kind} c={concurrency}: warm-up {warm.rps:.1f} req/s, {warm.errors} errors, drained {drained:.1f}s")
+    pairs: list[dict[str, Any]] = []
+    rejected: list[dict[str, Any]] = []
+    while len(pairs) < args.pairs and len(rejected) <= args.retries:
+        pair = measure_pair(server, concurrency, args, ceiling, load, requests=requests)
+        window, ceil = pair["server"], pair["ceiling"]
+        other = max(ceil["other_cpu_cores"], pair["other_cpu_cores"])
+        # the last allowed attempt is kept whatever the load, so every row gets its pairs
+        keep = other <= args.max_other_load or len(rejected) == args.retries
+        pair["pair"] = len(pairs) if keep else None
+        if not pairs:
+            pair["memory_per_process"] = pair["memory"]["per_process"]
+        del pair["memory"]["per_process"]
+        (pairs if keep else rejected).append(pair)
+        _log(f"{kind} c={concurrency} {'pair ' + str(pair['pair']) if keep else 'REJECTED'}:"
+             f" ceiling {ceil['img_per_s']:.1f} img/s, server {window['rps']:.1f} req/s"
+             f" (x{pair['ratio']:.2f}), p50 {window['p50_ms']:.0f} ms, p99 {window['p99_ms']:.0f} ms,"
+             f" batch {pair['batches']['mean_batch']:.2f}, errors {window['errors']},"
+             f" cpu {ceil['cpu_cores']:.2f}/{pair['server_cpu_cores']:.2f},"
+             f" other load {ceil['other_cpu_cores']:.2f}/{pair['other_cpu_cores']:.2f} cores")
+        if window["errors"]:
+            problems.append(f"c={concurrency}: {window['errors']} errors in a window {window['error_detail']}")
+        if not server.alive():
+            raise RuntimeError(f"{kind} server exited during the run:\n{server.log()}")
+    return {"concurrency": concurrency, "warmup": warm.as_dict(), "pairs": pairs, "rejected": rejected}
 
 
 def memory_probe(args: argparse.Namespace, load: Load, photos: list[bytes]) -> list[dict[str, Any]]:
