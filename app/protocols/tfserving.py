@@ -87,7 +87,7 @@ def predict(name: str, version: str | None = None):
 
 
 def answer(call: serving.Call, name: str, version: str | None = None) -> serving.Answer:
-    """The :predict view's answer (without its inference headers), also app.fast_lane's."""
+    """The :predict view's answer, also app.fast_lane's."""
     serving.check_model(name)
     deadline = serving.deadline(call.request_start)
     body = serving.json_body(call.body)

@@ -77,7 +77,7 @@ def infer(name: str, version: str | None = None):
 
 
 def answer(call: serving.Call, name: str, version: str | None = None) -> serving.Answer:
-    """The infer view's answer (without its inference headers), also app.fast_lane's."""
+    """The infer view's answer, also app.fast_lane's."""
     serving.check_model(name)
     deadline = serving.deadline(call.request_start)
     header, binary = v2_binary.split_body(call.body, call.inference_header)
