@@ -31,14 +31,14 @@ lint: install-dev
 
 # The four workloads of bench/workloads.py, each with the in-process ceiling and Triton's dynamic
 # batcher (PyTriton) in the same run, with wrk as the client; then MobileNetV2 once more with a
-# Python keep-alive client (mule and Triton). BENCH_WORKLOADS=small for one workload, and
-# BENCH_PYTHON_CLIENT=no to leave the second client out.
+# Python keep-alive client (mule and Triton) when mobilenet is among them. BENCH_WORKLOADS=small
+# for one workload, and BENCH_PYTHON_CLIENT=no to leave the second client out.
 BENCH_WORKLOADS ?= mobilenet small tabular photo12mp
 BENCH_PYTHON_CLIENT ?= yes
 bench: install-dev triton-venv
 	for workload in $(BENCH_WORKLOADS); do \
 		TRITON_PYTHON=$(TRITON_VENV)/bin/python $(PY) -m bench.run --workload $$workload || exit 1; done
-	if [ "$(BENCH_PYTHON_CLIENT)" = yes ]; then \
+	if [ "$(BENCH_PYTHON_CLIENT)" = yes ] && [ -n "$(filter mobilenet,$(BENCH_WORKLOADS))" ]; then \
 		TRITON_PYTHON=$(TRITON_VENV)/bin/python $(PY) -m bench.run --workload mobilenet --client python \
 			--kinds mule,triton --memory-probe-workers '' --name python-client; fi
 
