@@ -37,6 +37,16 @@ def _int(env: dict[str, str], name: str, default: int, minimum: int = 0) -> int:
     return value
 
 
+def _int_or_auto(env: dict[str, str], name: str) -> int:
+    """A count of at least 1, or `auto` (the default): 0, for the code that chooses it."""
+    raw = env.get(name, "").strip().lower()
+    if raw in ("", "auto"):
+        return 0
+    if not raw.isdigit() or int(raw) < 1:
+        raise ConfigError(f"{name} must be auto or an integer >= 1, got {raw!r}")
+    return int(raw)
+
+
 def _choice(env: dict[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
     value = env.get(name, "").strip().lower() or default
     if value not in choices:
@@ -125,7 +135,7 @@ class Settings:
     batch_autotune: bool = True
     batch_buckets: tuple[int, ...] = field(default=(1, 2, 3, 4, 6, 8, 12, 16))
     max_queue_rows: int = 256
-    model_concurrency: int = 1
+    model_concurrency: int = 0  # 0: auto, as many as the mule's warm-up found faster
     model_thread_spinning: bool = False
     model_threads: int = 0  # 0: TensorFlow's default, one per core
     model_compile: str = "auto"  # auto: XLA at the batch sizes where warm-up timed it faster
@@ -224,7 +234,7 @@ class Settings:
             batch_autotune=_flag(env, "BATCH_AUTOTUNE", True),
             batch_buckets=_buckets(env.get("BATCH_BUCKETS", ""), max_batch),
             max_queue_rows=_int(env, "MAX_QUEUE_ROWS", 256, minimum=1),
-            model_concurrency=_int(env, "MODEL_CONCURRENCY", 1, minimum=1),
+            model_concurrency=_int_or_auto(env, "MODEL_CONCURRENCY"),
             model_thread_spinning=_flag(env, "MODEL_THREAD_SPINNING", False),
             model_threads=_int(env, "MODEL_THREADS", 0),
             model_compile=_choice(env, "MODEL_COMPILE", "auto", MODEL_COMPILE_CHOICES),

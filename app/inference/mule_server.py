@@ -2,11 +2,12 @@
 
 One thread runs the event loop: it reads messages, forms batches, copies their rows in and their
 outputs out, and answers. Model calls run on MODEL_CONCURRENCY threads (TensorFlow releases the
-GIL), so the next batch is gathered, and with 2 or more run, while one computes; a call cheaper
-than INLINE_CALL_MS runs on the loop itself, as the hand-off would cost a good part of it. A
-thread only loads the model at start, so status questions are answered ("loading", "failed: why") while
-TensorFlow starts. A model that fails to load leaves the mule alive and saying so: uWSGI
-respawns a dead mule without any throttle, so dying would be a crash loop.
+GIL; `auto`: as many as the warm-up found faster), so the next batch is gathered, and with 2 or
+more run, while one computes; a call cheaper than INLINE_CALL_MS (model_runner.py) runs on the
+loop itself, as the hand-off would cost a good part of it. A thread only loads the model at
+start, so status questions are answered ("loading", "failed: why") while TensorFlow starts. A
+model that fails to load leaves the mule alive and saying so: uWSGI respawns a dead mule without
+any throttle, so dying would be a crash loop.
 """
 
 from __future__ import annotations
@@ -27,18 +28,12 @@ from concurrent.futures import ThreadPoolExecutor
 from app.config import Settings
 from app.inference import versions, wire
 from app.inference.backend import UNLOADED_REASON, not_ready_reason
-from app.inference.batching import BatchPolicy, Pending, efficient_batch, per_row_ms
-from app.inference.model_runner import ModelLoadError, ModelRunner
+from app.inference.batching import BatchPolicy, Pending, batch_limit, per_row_ms
+from app.inference.model_runner import ModelLoadError, ModelRunner, most_model_threads
 from app.inference.spec import VARIABLE, Batch
 from app.metrics import PROCESS_STARTS, MuleMetrics
 
 log = logging.getLogger(__name__)
-
-# A batch whose call cost at most this at warm-up runs on the loop thread itself: handing it to a
-# model thread and back costs about 0.1 ms of wake-ups (2-core AMD EPYC VM), a tenth of a small
-# CNN's call, while a status question or a refusal waits no longer than this for the loop.
-INLINE_CALL_MS = 5.0
-
 
 class VersionHistory:
     """What became of each version, as TF Serving's version status tells it: LOADING, AVAILABLE,
@@ -93,7 +88,9 @@ class MuleServer:
         self._next_wait: float | None = None
         # batches in flight: a free input buffer per model thread; finished batches come back
         # through `_completed`, and a byte on the wake pipe interrupts the loop's select()
-        self._executor = ThreadPoolExecutor(settings.model_concurrency, thread_name_prefix="model")
+        # (as many threads as MODEL_CONCURRENCY=auto may choose: each version's runner says how many run)
+        self._executor = ThreadPoolExecutor(settings.model_concurrency or most_model_threads(),
+                                            thread_name_prefix="model")
         self._free_buffers: list[Batch] = []
         self._completed: queue.SimpleQueue = queue.SimpleQueue()
         self.rows_in_flight = 0
@@ -218,7 +215,7 @@ class MuleServer:
             self.models[version] = (runner, layout)
             self.runner, self.layout, self.load_seconds = runner, layout, seconds
             # one buffer per idle model thread, shaped for this version (busy threads get theirs back later)
-            idle = self.settings.model_concurrency - self._batches_running()
+            idle = runner.concurrency - self._batches_running()
             self._free_buffers = [runner.new_buffer() for _ in range(idle)]
             self.policy.max_batch = self._batch_limit(runner)
             self.policy.costs_ms = runner.batch_costs_ms if self.settings.batch_autotune else {}  # pad or split
@@ -300,16 +297,12 @@ class MuleServer:
 
     def _batch_limit(self, runner: ModelRunner) -> int:
         """MAX_BATCH_SIZE, or with BATCH_AUTOTUNE the batch size that costs least per row."""
-        if not self.settings.batch_autotune:
-            return self.settings.max_batch_size
-        best = efficient_batch(runner.batch_costs_ms)
-        if best is None:
-            return self.settings.max_batch_size
-        if best < self.settings.max_batch_size:
+        limit = batch_limit(runner.batch_costs_ms, self.settings.max_batch_size, self.settings.batch_autotune)
+        if limit < self.settings.max_batch_size:
             per_row = {size: round(ms, 2) for size, ms in per_row_ms(runner.batch_costs_ms).items()}
             log.info("batch limit %d: the cheapest per row (ms per row by batch size %s);"
-                     " BATCH_AUTOTUNE=off uses MAX_BATCH_SIZE=%d", best, per_row, self.settings.max_batch_size)
-        return best
+                     " BATCH_AUTOTUNE=off uses MAX_BATCH_SIZE=%d", limit, per_row, self.settings.max_batch_size)
+        return limit
 
     def listen(self) -> None:
         path = self.settings.mule_socket
@@ -453,19 +446,11 @@ class MuleServer:
         bucket = runner.bucket_for(total)
         self.metrics.padded_rows.inc(bucket - total)
         self._guard(max(1, self.settings.harakiri_s))
-        if self._inline(runner, bucket):
+        if runner.runs_inline(bucket):
             self._completed.put(self._call(runner, batch, buffer, total))
             self._finish_completed()
         else:
             self._executor.submit(self._execute, runner, batch, buffer, total)
-
-    @staticmethod
-    def _inline(runner: ModelRunner, bucket: int) -> bool:
-        """Whether a batch padded to `bucket` is cheap enough to run on the loop: it cost
-        INLINE_CALL_MS or less at warm-up (not timed, or rows of sizes warm-up did not use: a
-        model thread)."""
-        cost = runner.batch_costs_ms.get(bucket)
-        return cost is not None and cost <= INLINE_CALL_MS and not runner.spec.is_variable
 
     def _execute(self, runner: ModelRunner, batch: list[Pending], buffer: Batch, total: int) -> None:
         """On a model thread: one model call, then back to the loop."""
@@ -493,9 +478,13 @@ class MuleServer:
             version = batch[0].version
             runner, layout = self.models[version]
             self._running[version] -= 1
-            # unloaded: any buffer will do, the next load replaces them all
-            fits = (runner is self.runner and not runner.spec.is_variable) or self.runner is None
-            self._free_buffers.append(buffer if fits else self.runner.new_buffer())
+            # unloaded: any buffer will do, the next load replaces them all; a version that runs
+            # fewer calls at once than the one before gets back fewer buffers
+            if self.runner is None:
+                self._free_buffers.append(buffer)
+            elif len(self._free_buffers) + self._batches_running() < self.runner.concurrency:
+                fits = runner is self.runner and not runner.spec.is_variable
+                self._free_buffers.append(buffer if fits else self.runner.new_buffer())
             self.rows_in_flight -= total
             if not self._batches_running():
                 self._guard(0)
@@ -565,7 +554,7 @@ class MuleServer:
             batch_limit=self.policy.max_batch,
             batch_cost_ms={str(k): round(v, 2) for k, v in runner.batch_costs_ms.items()} if runner else {},
             compiled_buckets=list(runner.compiled_buckets) if runner else [],
-            model_concurrency=self.settings.model_concurrency,
+            model_concurrency=runner.concurrency if runner else self.settings.model_concurrency,
             batches_in_flight=self._batches_running(),
             rows_in_flight=self.rows_in_flight,
             load_seconds=round(self.load_seconds, 3),

@@ -99,6 +99,17 @@ def test_model_threads_may_be_zero_but_not_negative():
         Settings.from_env({"MODEL_THREADS": "-1"})
 
 
+@pytest.mark.parametrize(("raw", "count"), [("", 0), ("auto", 0), (" Auto ", 0), ("1", 1), ("3", 3)])
+def test_model_concurrency_is_auto_unless_a_count_is_given(raw, count):
+    assert Settings.from_env({"MODEL_CONCURRENCY": raw}).model_concurrency == count
+
+
+@pytest.mark.parametrize("raw", ["0", "-1", "two", "1.5"])
+def test_model_concurrency_refuses_what_is_not_a_count(raw):
+    with pytest.raises(ConfigError, match="MODEL_CONCURRENCY must be auto or an integer >= 1"):
+        Settings.from_env({"MODEL_CONCURRENCY": raw})
+
+
 def test_batch_timeout_may_be_zero_but_not_negative():
     assert Settings.from_env({"BATCH_TIMEOUT_MS": "0"}).batch_timeout_ms == 0
     with pytest.raises(ConfigError, match="BATCH_TIMEOUT_MS"):

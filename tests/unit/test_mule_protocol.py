@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 
 from app.config import Settings
-from app.inference import mule_server, wire
+from app.inference import wire
 from app.inference.backend import UNLOADED_REASON, DeadlineExceeded, LoadFailed, NotReady, TooLarge, Unavailable
-from app.inference.model_runner import ModelLoadError, ModelRunner
+from app.inference.model_runner import INLINE_CALL_MS, ModelLoadError, ModelRunner
 from app.inference.spec import ModelSpec, TensorSpec
 from tests.doubles import (
     TOY_SPEC,
@@ -93,14 +93,97 @@ def test_requests_arriving_during_a_batch_share_the_next_one(held):
     assert stats.rows == 8 and stats.batches < 8
 
 
-def costed(model: ToyModel, costs: dict[int, float], spec: ModelSpec = TOY_SPEC):
-    """A loader of `model` whose batch costs, as warm-up would have timed them, are `costs`."""
+def costed(model: ToyModel, costs: dict[int, float], spec: ModelSpec = TOY_SPEC, concurrency: int = 1):
+    """A loader of `model` whose batch costs, as warm-up would have timed them, are `costs`, and
+    which runs `concurrency` calls at once (as MODEL_CONCURRENCY or its race said)."""
     def load(settings: Settings) -> ModelRunner:
         runner = ModelRunner(spec, model, settings.batch_buckets)
         runner.batch_costs_ms = dict(costs)
+        runner.concurrency = concurrency
         return runner
 
     return load
+
+
+class Counting(ToyModel):
+    """Counts the calls inside the model at once, and the most there ever were."""
+
+    def __init__(self, held: bool = False):
+        super().__init__(held)
+        self.inside = self.most_inside = 0
+        self._lock = threading.Lock()
+
+    def __call__(self, inputs):
+        with self._lock:
+            self.inside += 1
+            self.most_inside = max(self.most_inside, self.inside)
+        try:
+            return super().__call__(inputs)
+        finally:
+            with self._lock:
+                self.inside -= 1
+
+
+COSTLY = {1: 10.0, 2: 12.0, 4: 20.0, 8: 40.0}  # every size goes to a model thread
+
+
+@pytest.mark.parametrize("concurrency", [1, 2])
+def test_the_mule_runs_as_many_batches_at_once_as_its_runner_says(tmp_path, concurrency):
+    model = Counting(held=True)
+    harness = MuleHarness(mule_settings(tmp_path), costed(model, COSTLY, concurrency=concurrency), model)
+    try:
+        clients = [harness.client(0), harness.client(1)]
+        harness.wait_ready()
+        inputs = [np.full((1, 4), i, dtype=np.float32) for i in range(6)]
+
+        def release_when_full():
+            if concurrency == 2:  # a state that only two model threads reach
+                harness.wait_until(lambda server: model.inside == 2, "two batches in the model at once")
+            harness.wait_until(everyone_in(6), "6 requests in the model or queued")
+            model.release()
+
+        results = in_worker_threads(clients, 3, lambda client, i: client.predict([inputs[i]], deadline()),
+                                    meanwhile=release_when_full)
+        for i, result in enumerate(results):
+            np.testing.assert_allclose(result.outputs[0], [[4.0 * i]])
+        assert model.most_inside == concurrency
+        assert len({thread.name for thread in model.threads}) >= concurrency
+        stats = harness.server.status().stats
+        assert stats.model_concurrency == concurrency and stats.rows == 6
+    finally:
+        harness.close()
+
+
+def test_a_version_that_runs_fewer_batches_at_once_gets_fewer_buffers(tmp_path):
+    old, new = Counting(held=True), Counting()
+    loaders = [costed(old, COSTLY, concurrency=2),
+               costed(new, COSTLY, dataclasses.replace(TOY_SPEC, version=2), concurrency=1)]
+    root = version_dir(tmp_path / "versions", 1)
+
+    def load_next(settings: Settings) -> ModelRunner:
+        return loaders.pop(0)(settings)
+
+    harness = MuleHarness(mule_settings(tmp_path, model_path=root, model_settle_s=0), load_next, old)
+    try:
+        clients = [harness.client(0), harness.client(1)]
+        harness.wait_ready()
+        rows = [np.full((1, 4), i, dtype=np.float32) for i in range(2)]
+
+        def reload_while_two_run():
+            harness.wait_until(lambda server: old.inside == 2, "two batches of version 1 in the model")
+            version_dir(root, 2)
+            assert harness.server.reload("test")
+            harness.wait_until(lambda server: server.runner.spec.version == 2, "version 2 installed")
+            old.release()
+
+        in_worker_threads(clients, 1, lambda client, i: client.predict([rows[i]], deadline()),
+                          meanwhile=reload_while_two_run)
+        harness.wait_until(lambda server: not server._batches_running(), "version 1's batches answered")
+        assert len(harness.server._free_buffers) == 1
+        after = in_worker_threads(clients, 3, lambda client, i: client.predict([rows[i % 2]], deadline()))
+        assert all(result.version == 2 for result in after) and new.most_inside == 1
+    finally:
+        harness.close()
 
 
 @pytest.mark.parametrize(("autotune", "limit"), [(True, 2), (False, 8)])
@@ -131,7 +214,7 @@ def test_batch_limit_comes_from_the_measured_costs(tmp_path, autotune, limit):
 
 def test_a_cheap_call_runs_on_the_loop_and_a_costly_one_on_a_model_thread(tmp_path):
     model = ToyModel()
-    costs = {1: 1.0, 2: 1.5, 4: mule_server.INLINE_CALL_MS, 8: mule_server.INLINE_CALL_MS + 1}
+    costs = {1: 1.0, 2: 1.5, 4: INLINE_CALL_MS, 8: INLINE_CALL_MS + 1}
     harness = MuleHarness(mule_settings(tmp_path), costed(model, costs), model)
     try:
         client = harness.client()
