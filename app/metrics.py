@@ -122,6 +122,7 @@ class _Present(Collector):
             ("kerasrv_queued_rows", "queued_rows", "Rows waiting in the mule now."),
             ("kerasrv_batches_in_flight", "batches_in_flight", "Batches in the model now."),
             ("kerasrv_batch_limit_rows", "batch_limit", "Largest batch the mule forms (BATCH_AUTOTUNE)."),
+            ("kerasrv_model_concurrency", "model_concurrency", "Model calls the mule runs at once."),
             ("kerasrv_model_load_seconds", "load_seconds", "Time the current model took to load, warm-up included."),
             ("kerasrv_model_warmup_seconds", "warmup_seconds", "Time the current model's warm-up took."),
         ):

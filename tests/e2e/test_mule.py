@@ -111,6 +111,7 @@ def test_concurrent_requests_are_batched_and_answers_match_single_requests(serve
     assert one_row < batches, "the histogram shows no batch of more than one row"
     assert total(now, "kerasrv_model_state", state="ready") == 1
     assert total(now, "kerasrv_model_load_seconds") >= total(now, "kerasrv_model_warmup_seconds") > 0
+    assert total(now, "kerasrv_model_concurrency") == after["model_concurrency"] >= 1
     memory = {s.labels["process"] for s in now if s.name == "kerasrv_process_resident_memory_bytes" and s.value > 0}
     assert memory == {"worker", "mule"}
 
