@@ -135,7 +135,7 @@ class Settings:
     batch_autotune: bool = True
     batch_buckets: tuple[int, ...] = field(default=(1, 2, 3, 4, 6, 8, 12, 16))
     max_queue_rows: int = 256
-    model_concurrency: int = 0  # 0: auto, as many as the mule's warm-up found faster
+    model_concurrency: int = 0  # 0: auto, as many as served more under live load (concurrency.py)
     model_thread_spinning: bool = False
     model_threads: int = 0  # 0: TensorFlow's default, one per core
     model_compile: str = "auto"  # auto: XLA at the batch sizes where warm-up timed it faster

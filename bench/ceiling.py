@@ -93,7 +93,7 @@ class _Worker:
         # TensorFlow's own thread spinning (kerasrv turns it off), as a plain script would run it
         self.settings = Settings.from_env({"MODEL_PATH": str(workload.model_path()), "PREPROCESS": workload.preprocess,
                                            "MAX_BATCH_SIZE": str(workload.ceiling_batch),
-                                           "MODEL_THREAD_SPINNING": "on"})
+                                           "MODEL_THREAD_SPINNING": "on", "MODEL_CONCURRENCY": "1"})
         started = time.perf_counter()
         self.runner = load_runner(self.settings)
         self.load_s = time.perf_counter() - started

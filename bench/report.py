@@ -186,6 +186,22 @@ def _compiled_note(results: dict[str, Any]) -> list[str]:
     return [text, ""]
 
 
+def _concurrency_note(results: dict[str, Any]) -> list[str]:
+    """How many model calls the mule ran at once (MODEL_CONCURRENCY=auto races it at warm-up)."""
+    counts = sorted({p["batches"]["model_concurrency"] for k in results["kinds"] if k["kind"] == "mule"
+                     for r in k["rows"] for p in r["pairs"] if p["batches"].get("model_concurrency")})
+    if not counts:
+        return []  # a run from before the setting, or no mule
+    setting = results["settings"]["servers"]["mule"].get("MODEL_CONCURRENCY", "1")
+    race_s = [k["race_s"] for k in results["kinds"] if k["kind"] == "mule" and "race_s" in k]
+    how = "as set"
+    if setting == "auto":
+        how = "as its race on live load chose" + (f", after {race_s[0]:.0f} s at 32 clients before the rows"
+                                                  if race_s else "")
+    return [f"The mule ran {' / '.join(map(str, counts))} model call(s) at once"
+            f" (`MODEL_CONCURRENCY={setting}`, {how}).", ""]
+
+
 def _sizes(buckets: list[int] | tuple[int, ...] | None) -> str:
     return ", ".join(map(str, buckets)) if buckets else "none"
 
@@ -290,6 +306,7 @@ def markdown(results: dict[str, Any]) -> str:
     lines += [""]
     lines += _best_batch_note(results)
     lines += _compiled_note(results)
+    lines += _concurrency_note(results)
     problems = [(k["kind"], p) for k in results["kinds"] for p in k["problems"]]
     problems += [(f"memory probe {p['workers']} workers", p["problem"]) for p in results["memory_probe"]
                  if "problem" in p]
@@ -333,7 +350,7 @@ def markdown(results: dict[str, Any]) -> str:
         " a process counts as holding a model copy when it maps TensorFlow."
         f" Settings: mule mode WORKERS={mule['WORKERS']} THREADS={mule['THREADS']}"
         f" MAX_BATCH_SIZE={mule['MAX_BATCH_SIZE']} BATCH_AUTOTUNE={mule.get('BATCH_AUTOTUNE', 'on')}"
-        f" MODEL_THREADS={mule.get('MODEL_THREADS', '0')}"
+        f" MODEL_THREADS={mule.get('MODEL_THREADS', '0')} MODEL_CONCURRENCY={mule.get('MODEL_CONCURRENCY', '1')}"
         " (default buckets, BATCH_TIMEOUT_MS=0); worker mode"
         f" WORKERS={worker['WORKERS']} THREADS=1 ({worker['WORKERS']} model copies); both behind nginx with"
         " HOST=127.0.0.1 and LOG_LEVEL=info. The recipe is `bench/recipe_app.py` (Flask, model loaded at"

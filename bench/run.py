@@ -33,6 +33,7 @@ from bench.workloads import WORKLOADS
 KINDS = ("mule", "worker", "recipe", "triton")  # triton: only when asked for (make bench-triton)
 DEFAULT_KINDS = {"mobilenet": "mule,worker,recipe"}  # the recipe is written for MobileNetV2; others: mule
 RESULTS_DIR = PROJECT_ROOT / "bench" / "results"
+RACE_CLIENTS, RACE_LOAD_S = 32, 180.0  # load for MODEL_CONCURRENCY=auto's race before the rows
 
 
 def server_env(kind: str, args: argparse.Namespace, workers: int | None = None) -> dict[str, str]:
@@ -43,7 +44,7 @@ def server_env(kind: str, args: argparse.Namespace, workers: int | None = None) 
     if kind == "mule":
         env |= {"INFERENCE_MODE": "mule", "WORKERS": str(workers or args.workers), "THREADS": str(args.threads),
                 "MAX_BATCH_SIZE": str(args.max_batch), "BATCH_AUTOTUNE": args.batch_autotune,
-                "MODEL_THREADS": str(args.model_threads)}
+                "MODEL_THREADS": str(args.model_threads), "MODEL_CONCURRENCY": args.model_concurrency}
     else:
         env |= {"INFERENCE_MODE": "worker", "WORKERS": str(workers or args.worker_mode_workers), "THREADS": "1"}
     return env
@@ -78,6 +79,7 @@ def _mule_batches(before: dict | None, after: dict | None) -> dict[str, Any]:
         "overloaded": after.get("overloaded", 0) - before.get("overloaded", 0),
         "expired": after.get("expired", 0) - before.get("expired", 0),
         "batch_limit": after.get("batch_limit"),
+        "model_concurrency": after.get("model_concurrency"),
         "compiled_buckets": after.get("compiled_buckets"),
     }
 
@@ -141,6 +143,8 @@ def measure_kind(kind: str, args: argparse.Namespace, ceiling: Ceiling, load: Lo
     result["env"] = server.env if kind in ("mule", "worker") else {"command": " ".join(server.command)}
     restarts = 1
     try:
+        if kind == "mule":
+            result["race_s"] = settle_concurrency_race(server, load, server.load_requests(bodies))
         for concurrency in args.concurrency:
             while True:
                 try:
@@ -165,6 +169,22 @@ def measure_kind(kind: str, args: argparse.Namespace, ceiling: Ceiling, load: Lo
             result["log_tail"] = server.log(20000)
         result["exit_code"] = server.stop()
     return result
+
+
+def settle_concurrency_race(server: Kerasrv, load: Load, requests: list[Request]) -> float:
+    """MODEL_CONCURRENCY=auto times its counts on the first load that keeps the model busy; load
+    the mule until it has chosen (at most RACE_LOAD_S), so every row measures the chosen count."""
+    began = time.monotonic()
+    while time.monotonic() - began < RACE_LOAD_S:
+        stats = server.stats() or {}
+        if not stats.get("model_concurrency_racing"):
+            break
+        load.window(server.url, RACE_CLIENTS, 15.0, requests)
+    took = time.monotonic() - began
+    stats = server.stats() or {}
+    _log(f"mule: {stats.get('model_concurrency')} model call(s) at once after {took:.0f} s of load"
+         + (" (still racing)" if stats.get("model_concurrency_racing") else ""))
+    return took
 
 
 def measure_row(server: Kerasrv | Recipe | Triton, concurrency: int, args: argparse.Namespace, ceiling: Ceiling,
@@ -279,6 +299,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-autotune", choices=("on", "off"), default="on",
                         help="mule mode BATCH_AUTOTUNE; off runs batches of up to MAX_BATCH_SIZE whatever each"
                              " size costs per row on this machine")
+    parser.add_argument("--model-concurrency", default="auto",
+                        help="mule mode MODEL_CONCURRENCY (default auto: the mule races the counts on the load first)")
     parser.add_argument("--worker-mode-workers", type=int, default=4, help="worker mode WORKERS, THREADS=1")
     parser.add_argument("--memory-probe-workers",
                         help="mule mode worker counts for the one-model-copy check (default 2,8 for mobilenet;"

@@ -4,10 +4,9 @@ A mule respawned after a crash warms up while the workers answer a flood of 503s
 cores; timings taken then were measured 3-4x too high, and the batch limit chosen from them is
 noise (docs/reliability.md). The first mule of a server times its model on a quiet machine, so a
 later mule of the same server loading the same, unchanged version reuses those figures.
-The same goes for the batch sizes at which the compiled (XLA) call won the warm-up race (the
-successor compiles those and times nothing) and for the number of calls run at once. The
-launcher empties the directory at each start: a new start (new settings, another machine load)
-measures afresh.
+The same goes for the batch sizes at which the compiled (XLA) call won the warm-up race: the
+successor compiles those and times nothing. The launcher empties the directory at each start: a
+new start (new settings, another machine load) measures afresh.
 """
 
 from __future__ import annotations
@@ -26,12 +25,10 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Timings:
-    """What a warm-up measured: ms per call by batch size, the sizes that run compiled, and how
-    many calls run at once (MODEL_CONCURRENCY=auto)."""
+    """What a warm-up measured: ms per call by batch size, and the sizes that run compiled."""
 
     costs_ms: dict[int, float]
     compiled: tuple[int, ...] = ()
-    concurrency: int = 1
 
 
 def _key(model: Path, buckets: tuple[int, ...]) -> dict:
@@ -46,7 +43,7 @@ def recall(directory: Path, model: Path, buckets: tuple[int, ...]) -> Timings | 
         if saved["key"] != _key(model, buckets):
             return None
         costs = {int(size): float(ms) for size, ms in saved["costs_ms"].items()}
-        return Timings(costs, tuple(int(size) for size in saved["compiled"]), int(saved["concurrency"]))
+        return Timings(costs, tuple(int(size) for size in saved["compiled"]))
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
 
@@ -57,8 +54,7 @@ def remember(directory: Path, model: Path, buckets: tuple[int, ...], timings: Ti
         directory.mkdir(parents=True, exist_ok=True)
         target = _path(directory, model)
         partial = target.with_suffix(".partial")
-        saved = {"key": _key(model, buckets), "costs_ms": timings.costs_ms, "compiled": list(timings.compiled),
-                 "concurrency": timings.concurrency}
+        saved = {"key": _key(model, buckets), "costs_ms": timings.costs_ms, "compiled": list(timings.compiled)}
         partial.write_text(json.dumps(saved))
         os.replace(partial, target)  # a mule killed mid-write leaves no half file to read
     except OSError as exc:

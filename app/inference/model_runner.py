@@ -11,14 +11,12 @@ import os
 import statistics
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
 from app.config import Settings
 from app.inference import batch_costs, versions
-from app.inference.batching import batch_limit
 from app.inference.spec import BYTES, VARIABLE, Batch, ModelSpec, TensorSpec
 
 log = logging.getLogger(__name__)
@@ -34,14 +32,8 @@ COMPILE_BUDGET_S = 20.0
 # to a model thread and back costs about 0.1 ms of wake-ups (2-core AMD EPYC VM), a tenth of a small
 # CNN's call, while a status question or a refusal waits no longer than this for the loop.
 INLINE_CALL_MS = 5.0
-# MODEL_CONCURRENCY=auto: one more model thread only where the warm-up race timed at least this
-# many more rows per second with it; each of two calls at once takes longer than one alone, so a
-# smaller gain would raise latency for throughput within the race's noise
-CONCURRENCY_GAIN = 1.10
-CONCURRENCY_PAIRS = 5  # alternating windows per candidate: the median ratio ignores a slow spell
-CONCURRENCY_BUDGET_S = 20.0  # past this, a candidate's race ends after 3 pairs (a model of 1 s per call)
-CALLS_PER_THREAD = 2  # per window: a window of one call each would time mostly the threads' start
-MOST_CONCURRENCY = 4  # nor more than one per core
+# MODEL_CONCURRENCY=auto tries at most one model thread per core, and never more than this
+MOST_CONCURRENCY = 4
 
 
 class ModelLoadError(Exception):
@@ -77,7 +69,7 @@ class ModelRunner:
         self._buffer = self.new_buffer()
         self.batch_costs_ms: dict[int, float] = {}  # bucket size -> ms per call, measured by warmup()
         self.compiled_buckets: tuple[int, ...] = ()
-        self.concurrency = 1  # model calls the mule runs at once (MODEL_CONCURRENCY, or its race)
+        self.concurrency = 1  # model calls the mule runs at once (MODEL_CONCURRENCY, or its live race)
         self.warmup_seconds = 0.0
 
     def bucket_for(self, rows: int) -> int:
@@ -174,59 +166,6 @@ class ModelRunner:
             self._give_up_compiling(exc)
         self.warmup_seconds += time.perf_counter() - began
         return self.compiled_buckets
-
-    def choose_concurrency(self, rows: int, most: int, pairs: int = CONCURRENCY_PAIRS) -> int:
-        """MODEL_CONCURRENCY=auto: how many calls to split `rows` rows in the model among.
-
-        One call does not always fill the cores: MobileNetV2 on a 2-core AMD EPYC VM ran 14-25 %
-        more requests per second under load with two batches in the model at once, while on
-        another VM of the same kind two were slower. Under load the rows in the model stay about
-        the same whatever the count (those the worker slots have decoded): n calls share them, n
-        batches of rows / n. So the warm-up races n threads, each making CALLS_PER_THREAD calls
-        of rows / n rows, against the best count so far, in `pairs` alternating windows; n is
-        kept while the median gain in rows per second is at least CONCURRENCY_GAIN, up to `most`,
-        and while a batch of rows / n still goes to a model thread (`runs_inline`: one that cheap
-        runs on the mule's loop, one at a time). Returns the count, also kept in `concurrency`."""
-        self.concurrency = 1
-        size = self.bucket_for(rows)
-        if most < 2 or self.runs_inline(size) or size not in self.batch_costs_ms:
-            return 1
-        began = time.perf_counter()
-        buffers = [self.new_buffer() for _ in range(most)]
-        gains: dict[int, float] = {}
-        for threads in range(2, min(most, rows) + 1):
-            if self.runs_inline(self.bucket_for(rows // threads)):
-                break
-            ratios = []
-            for turn in range(pairs):
-                if turn >= 3 and time.perf_counter() - began > CONCURRENCY_BUDGET_S:
-                    break
-                order = [self.concurrency, threads][:: 1 if turn % 2 else -1]
-                rate = {n: n * (rows // n) / self._window(buffers[:n], self.bucket_for(rows // n)) for n in order}
-                ratios.append(rate[threads] / rate[self.concurrency])
-            gains[threads] = statistics.median(ratios)
-            if gains[threads] < CONCURRENCY_GAIN:
-                break
-            self.concurrency = threads
-        took = time.perf_counter() - began
-        self.warmup_seconds += took
-        log.info("%d model call(s) at once: rows per second with %d rows split among n calls at once against the"
-                 " best fewer, by n: %s (more only from %.2f x; raced for %.1f s)", self.concurrency, rows,
-                 {n: round(g, 3) for n, g in gains.items()}, CONCURRENCY_GAIN, took)
-        return self.concurrency
-
-    def _window(self, buffers: list[Batch], size: int) -> float:
-        """Seconds for one thread per buffer to make CALLS_PER_THREAD calls of `size` rows."""
-        call = self._calls[size]
-
-        def calls(buffer: Batch) -> None:
-            for _ in range(CALLS_PER_THREAD):
-                call([array[:size] for array in buffer])
-
-        started = time.perf_counter()
-        with ThreadPoolExecutor(len(buffers)) as pool:
-            list(pool.map(calls, buffers))
-        return time.perf_counter() - started
 
     def use_compiled(self, sizes: tuple[int, ...]) -> None:
         """Run these bucket sizes compiled, as an earlier warm-up chose (compiling each now)."""
@@ -335,28 +274,21 @@ def load_runner(settings: Settings, costs_dir: Path | None = None) -> ModelRunne
                 and all(not t.is_bytes and np.dtype(t.dtype).kind == "f" for t in inputs))
     runner = ModelRunner(spec, call, settings.batch_buckets,
                          compiler=(lambda: _traced(tf, graph, inputs, jit=True)) if compiles else None)
-    # the costs choose the mule's batch limit, where XLA runs and, with MODEL_CONCURRENCY=auto,
-    # how many calls run at once (with variable dimensions the cost depends on each batch's
-    # sizes: no single limit to choose)
-    races = mule and not settings.model_concurrency
-    timed = mule and (settings.batch_autotune or compiles or races) and not spec.is_variable
+    # the costs choose the mule's batch limit and where XLA runs (with variable dimensions the
+    # cost depends on each batch's sizes: no single limit to choose)
+    timed = mule and (settings.batch_autotune or compiles) and not spec.is_variable
     shared = timed and costs_dir is not None
     known = batch_costs.recall(costs_dir, path, runner.buckets) if shared else None
     runner.warmup(repeats=3 if timed and known is None else 0)
-    runner.concurrency = settings.model_concurrency or 1
     if known is not None:
         runner.batch_costs_ms = known.costs_ms
         runner.use_compiled(known.compiled)
-        if races:
-            runner.concurrency = known.concurrency
         log.info("batch costs as the previous mule measured them for these files (a respawn times nothing)")
     elif timed:
         runner.compile_where_faster(repeats=5)
-        if races:
-            runner.choose_concurrency(rows_in_model(settings, runner.batch_costs_ms), most_model_threads())
         if shared:
-            batch_costs.remember(costs_dir, path, runner.buckets, batch_costs.Timings(
-                runner.batch_costs_ms, runner.compiled_buckets, runner.concurrency))
+            batch_costs.remember(costs_dir, path, runner.buckets,
+                                 batch_costs.Timings(runner.batch_costs_ms, runner.compiled_buckets))
     log.info(
         "model %s version %d loaded from %s in %.1fs: inputs %s, outputs %s; ms per call by batch size %s;"
         " compiled with XLA at %s",
@@ -365,17 +297,6 @@ def load_runner(settings: Settings, costs_dir: Path | None = None) -> ModelRunne
         list(runner.compiled_buckets) or "no batch size",
     )
     return runner
-
-
-def rows_in_model(settings: Settings, costs_ms: dict[int, float]) -> int:
-    """The rows in the model under load: at most the batch limit, and about half the worker slots.
-
-    While the mule runs a batch, the slots it will answer wait, and the others decode the next
-    requests; when it answers, those slots take new requests while the next batch runs on the
-    ones decoded meanwhile. So a saturated server's batches settle at half its slots: 7.8-7.9
-    rows of 16 slots for MobileNetV2 at 16 to 64 clients on a 2-core AMD EPYC VM, with a limit of
-    16, and with two model threads 4.1-5.2 rows each."""
-    return max(1, min(batch_limit(costs_ms, settings.max_batch_size, settings.batch_autotune), settings.n_slots // 2))
 
 
 def most_model_threads() -> int:

@@ -2,12 +2,12 @@
 
 One thread runs the event loop: it reads messages, forms batches, copies their rows in and their
 outputs out, and answers. Model calls run on MODEL_CONCURRENCY threads (TensorFlow releases the
-GIL; `auto`: as many as the warm-up found faster), so the next batch is gathered, and with 2 or
-more run, while one computes; a call cheaper than INLINE_CALL_MS (model_runner.py) runs on the
-loop itself, as the hand-off would cost a good part of it. A thread only loads the model at
-start, so status questions are answered ("loading", "failed: why") while TensorFlow starts. A
-model that fails to load leaves the mule alive and saying so: uWSGI respawns a dead mule without
-any throttle, so dying would be a crash loop.
+GIL; `auto`: as many as a race on the server's own load found faster, concurrency.py), so the
+next batch is gathered, and with 2 or more run, while one computes; a call cheaper than
+INLINE_CALL_MS (model_runner.py) runs on the loop itself, as the hand-off would cost a good part
+of it. A thread only loads the model at start, so status questions are answered ("loading",
+"failed: why") while TensorFlow starts. A model that fails to load leaves the mule alive and
+saying so: uWSGI respawns a dead mule without any throttle, so dying would be a crash loop.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from app.config import Settings
 from app.inference import versions, wire
 from app.inference.backend import UNLOADED_REASON, not_ready_reason
 from app.inference.batching import BatchPolicy, Pending, batch_limit, per_row_ms
+from app.inference.concurrency import LiveRace
 from app.inference.model_runner import ModelLoadError, ModelRunner, most_model_threads
 from app.inference.spec import VARIABLE, Batch
 from app.metrics import PROCESS_STARTS, MuleMetrics
@@ -92,6 +93,7 @@ class MuleServer:
         self._executor = ThreadPoolExecutor(settings.model_concurrency or most_model_threads(),
                                             thread_name_prefix="model")
         self._free_buffers: list[Batch] = []
+        self._race: LiveRace | None = None  # MODEL_CONCURRENCY=auto, until it has chosen
         self._completed: queue.SimpleQueue = queue.SimpleQueue()
         self.rows_in_flight = 0
         self._wake_read, self._wake_write = os.pipe()
@@ -214,10 +216,15 @@ class MuleServer:
             self.history.set(version, "AVAILABLE")
             self.models[version] = (runner, layout)
             self.runner, self.layout, self.load_seconds = runner, layout, seconds
-            # one buffer per idle model thread, shaped for this version (busy threads get theirs back later)
-            idle = runner.concurrency - self._batches_running()
-            self._free_buffers = [runner.new_buffer() for _ in range(idle)]
             self.policy.max_batch = self._batch_limit(runner)
+            self._race = self._new_race(runner)
+            if self.settings.model_concurrency:
+                runner.concurrency = self.settings.model_concurrency
+            elif self._race is not None:
+                runner.concurrency = self._race.concurrency
+            # one buffer per idle model thread, shaped for this version (busy threads get theirs back later)
+            self._free_buffers = []
+            self._match_buffers()
             self.policy.costs_ms = runner.batch_costs_ms if self.settings.batch_autotune else {}  # pad or split
             self.error, self.reload_error, self._failed, self.unloaded = None, None, None, False
             if not first:
@@ -295,6 +302,27 @@ class MuleServer:
     def _changed_at(self, version: int) -> float:
         return versions.changed_at(self.settings.model_path, version)
 
+    def _new_race(self, runner: ModelRunner) -> LiveRace | None:
+        """MODEL_CONCURRENCY=auto: a race for this version, where more than one call at once can
+        happen at all: batches of the limit's size go to a model thread, and there are cores."""
+        most = most_model_threads()
+        bucket = runner.bucket_for(self.policy.max_batch)
+        if (self.settings.model_concurrency or most < 2 or runner.spec.is_variable
+                or bucket not in runner.batch_costs_ms or runner.runs_inline(bucket)):
+            return None
+        return LiveRace(most, best=min(runner.concurrency, most))
+
+    def _match_buffers(self) -> None:
+        """As many free buffers as the current version may run batches more (the race changes it)."""
+        runner = self.runner
+        if runner is None:
+            return
+        if self._race is not None:
+            runner.concurrency = self._race.concurrency
+        wanted = max(0, runner.concurrency - self._batches_running())
+        del self._free_buffers[wanted:]
+        self._free_buffers += [runner.new_buffer() for _ in range(wanted - len(self._free_buffers))]
+
     def _batch_limit(self, runner: ModelRunner) -> int:
         """MAX_BATCH_SIZE, or with BATCH_AUTOTUNE the batch size that costs least per row."""
         limit = batch_limit(runner.batch_costs_ms, self.settings.max_batch_size, self.settings.batch_autotune)
@@ -337,6 +365,12 @@ class MuleServer:
         self._finish_completed()
         self._install_loaded()
         self._next_wait = None
+        if self._race is not None:
+            if not self._race.may_start(time.monotonic(), self._batches_running()):
+                return  # a race window's batches finish before the next window's start
+            self._match_buffers()
+            if self._race.decided:
+                self._race = None
         if not self.models or not self._free_buffers:
             return  # a finished batch or a message wakes the loop (unloaded: the queue still drains)
         decision = self.policy.decide(time.monotonic())
@@ -441,6 +475,8 @@ class MuleServer:
             for target, array in zip(buffer, arrays):
                 target[offset : offset + pending.rows] = array
             offset += pending.rows
+        if self._race is not None and runner is self.runner:
+            self._race.started(now, self._batches_running())
         self.rows_in_flight += total
         self._running[version] += 1
         bucket = runner.bucket_for(total)
@@ -478,6 +514,8 @@ class MuleServer:
             version = batch[0].version
             runner, layout = self.models[version]
             self._running[version] -= 1
+            if self._race is not None and runner is self.runner:
+                self._race.finished(time.monotonic(), 0 if error else total, self._batches_running())
             # unloaded: any buffer will do, the next load replaces them all; a version that runs
             # fewer calls at once than the one before gets back fewer buffers
             if self.runner is None:
@@ -555,6 +593,7 @@ class MuleServer:
             batch_cost_ms={str(k): round(v, 2) for k, v in runner.batch_costs_ms.items()} if runner else {},
             compiled_buckets=list(runner.compiled_buckets) if runner else [],
             model_concurrency=runner.concurrency if runner else self.settings.model_concurrency,
+            model_concurrency_racing=self._race is not None,
             batches_in_flight=self._batches_running(),
             rows_in_flight=self.rows_in_flight,
             load_seconds=round(self.load_seconds, 3),

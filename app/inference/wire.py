@@ -232,6 +232,7 @@ class MuleStats:
     batch_cost_ms: dict[str, float] = field(default_factory=dict)  # batch size -> warm-up time
     compiled_buckets: list[int] = field(default_factory=list)  # batch sizes that run compiled with XLA
     model_concurrency: int = 1
+    model_concurrency_racing: bool = False  # MODEL_CONCURRENCY=auto is still timing the counts
     batches_in_flight: int = 0
     rows_in_flight: int = 0
     load_seconds: float = 0.0  # loading the model, warm-up included

@@ -1,111 +1,102 @@
-"""MODEL_CONCURRENCY=auto: the warm-up race between one model call at a time and several.
-
-The models here stand in for what decides the race on a real machine: one whose calls share
-nothing (each sleeps, as a call waiting on cores of its own would), one whose calls exclude each
-other (a lock: a model that already fills every core) and one that fits two at once (a
-semaphore of two). A call lasts 5 ms per row of its bucket, 10 ms or more for every size the
-race runs here: long enough that the threads' start-up and a busy test machine's scheduling
-noise stay far from the 10 % the race asks for."""
+"""MODEL_CONCURRENCY=auto: the race of model calls at once on the server's own load, on a made-up
+clock. `serve` plays a mule under a given load: each count of calls at once has a rate at which
+it turns rows into answers, and between batches the model waits for the clients for a while."""
 
 from __future__ import annotations
 
-import threading
-import time
-
 import pytest
 
-from app.config import Settings
-from app.inference import batch_costs
-from app.inference.model_runner import CONCURRENCY_GAIN, INLINE_CALL_MS, ModelRunner, rows_in_model
-from tests.doubles import TOY_SPEC
+from app.inference import concurrency
+from app.inference.concurrency import GAIN, PAIRS, LiveRace
 
-BUCKETS = (1, 2, 4, 8)
-ROW_S = 0.005
+ROWS = 8  # per batch
 
 
-class Lasting:
-    """The toy model's answers, each call taking ROW_S per row; at most `at_once` calls run together."""
-
-    def __init__(self, at_once: int | None):
-        self._gate = threading.Semaphore(at_once) if at_once else None
-        self.calls = 0
-        self.sizes: set[int] = set()
-
-    def __call__(self, batch):
-        (rows,) = batch
-        self.calls += 1
-        self.sizes.add(len(rows))
-        if self._gate is None:
-            time.sleep(ROW_S * len(rows))
-        else:
-            with self._gate:
-                time.sleep(ROW_S * len(rows))
-        return [rows.sum(axis=1, keepdims=True), rows * 2]
-
-
-def warmed(model) -> ModelRunner:
-    runner = ModelRunner(TOY_SPEC, model, BUCKETS)
-    runner.batch_costs_ms = {size: ROW_S * 1000 * size for size in BUCKETS}  # as warmup() would time it
-    return runner
+def serve(race: LiveRace, rate: dict[int, float], seconds: float, gap_s: float = 0.001,
+          drift: float = 0.0) -> list[int]:
+    """Run `race` for `seconds` of made-up time with batches of ROWS rows, `count` at once, each
+    lasting count * ROWS / rate[count] (times (1 + drift) per second elapsed: a machine slowing
+    down), `gap_s` of idle model between rounds. Returns the count of each round."""
+    now, counts = 0.0, []
+    while now < seconds:
+        if not race.may_start(now, running=0):
+            raise AssertionError("nothing runs, yet the race holds the next batch")
+        count = race.concurrency
+        counts.append(count)
+        for running in range(count):
+            race.started(now, running)
+        took = count * ROWS / rate[count] * (1 + drift * now)
+        for running in reversed(range(count)):
+            race.finished(now + took, ROWS, running)
+        now += took + gap_s
+    return counts
 
 
-@pytest.mark.parametrize(("at_once", "most", "chosen"), [
-    (None, 2, 2),  # calls that share nothing: as many as allowed (8 rows as 2 x 4)
-    (None, 3, 3),  # 3 x 2 rows: 6 rows at a time, each in 2 rows' time, 1.5 x two calls' rate
-    (1, 2, 1),  # calls that exclude each other: no gain, one
-    (1, 4, 1),
-    (2, 4, 2),  # room for two: a third gains nothing
-])
-def test_the_race_keeps_another_call_only_where_it_gains(at_once, most, chosen):
-    runner = warmed(Lasting(at_once))
-    assert runner.choose_concurrency(8, most) == chosen
-    assert runner.concurrency == chosen
-    assert runner.warmup_seconds > 0
+def test_two_calls_that_serve_more_are_kept():
+    race = LiveRace(most=2)
+    serve(race, {1: 100.0, 2: 150.0}, seconds=60)
+    assert race.decided and race.concurrency == 2 and race.gains == {2: pytest.approx(1.5, abs=0.01)}
 
 
-def test_rows_are_not_split_into_calls_cheap_enough_for_the_loop():
-    """Those run on the mule's loop one at a time: no thread would ever run them."""
-    model = Lasting(None)
-    runner = warmed(model)
-    runner.batch_costs_ms = {1: 1.0, 2: INLINE_CALL_MS, 4: INLINE_CALL_MS + 1, 8: INLINE_CALL_MS + 2}
-    assert runner.choose_concurrency(2, most=4) == 1
-    assert model.calls == 0
-    assert runner.choose_concurrency(8, most=4) == 2  # 2 x 4 rows raced, 3 x 2 not
-    assert model.calls > 0 and model.sizes <= {4, 8}
+def test_a_third_call_that_adds_nothing_is_not_kept():
+    race = LiveRace(most=4)
+    serve(race, {1: 100.0, 2: 150.0, 3: 152.0, 4: 300.0}, seconds=120)
+    assert race.decided and race.concurrency == 2
+    assert race.gains == {2: pytest.approx(1.5, abs=0.01), 3: pytest.approx(152 / 150, abs=0.01)}
 
 
-def test_one_core_or_an_untimed_size_is_not_raced():
-    model = Lasting(None)
-    runner = warmed(model)
-    assert runner.choose_concurrency(8, most=1) == 1
-    runner.batch_costs_ms = {}
-    assert runner.choose_concurrency(8, most=2) == 1
-    assert model.calls == 0
+@pytest.mark.parametrize(("gain", "kept"), [(1.0, 1), (0.8, 1), (GAIN - 0.01, 1), (GAIN + 0.01, 2)])
+def test_only_a_gain_of_at_least_the_threshold_changes_the_count(gain, kept):
+    race = LiveRace(most=2)
+    serve(race, {1: 100.0, 2: 100.0 * gain}, seconds=60)
+    assert race.decided and race.concurrency == kept
 
 
-def test_a_gain_under_the_threshold_is_refused(monkeypatch):
-    """8 rows as two calls of 4 at once in 0.95 of the time of one call of 8: 5 % more rows per
-    second, not enough."""
-    runner = warmed(Lasting(None))
-    window = {(1, 8): 1.0, (2, 4): 0.95}
-    monkeypatch.setattr(runner, "_window", lambda buffers, size: window[len(buffers), size])
-    assert 1 / 0.95 < CONCURRENCY_GAIN
-    assert runner.choose_concurrency(8, most=2) == 1
-    window[2, 4] = 1 / (CONCURRENCY_GAIN + 0.01)
-    assert runner.choose_concurrency(8, most=2) == 2
+def test_a_machine_that_slows_down_does_not_favour_either_count():
+    """3 % slower per second: whichever count ran second in a pair would look slower, if it were
+    always the same one."""
+    race = LiveRace(most=2)
+    serve(race, {1: 100.0, 2: 100.0}, seconds=40, drift=0.03)
+    assert race.decided and race.concurrency == 1
+    assert abs(race.gains[2] - 1) < 0.05
 
 
-def test_the_choice_is_kept_for_a_respawned_mule(tmp_path):
-    model_file = tmp_path / "model.keras"
-    model_file.write_bytes(b"weights")
-    timings = batch_costs.Timings({1: 10.0, 8: 40.0}, (1,), concurrency=2)
-    batch_costs.remember(tmp_path / "costs", model_file, (1, 8), timings)
-    assert batch_costs.recall(tmp_path / "costs", model_file, (1, 8)) == timings
+def test_windows_alternate_and_each_count_gets_its_turn_first():
+    race = LiveRace(most=2, window_s=1.0)
+    counts = serve(race, {1: 100.0, 2: 100.0}, seconds=2 * PAIRS * 1.2)
+    runs = [counts[0]]
+    for count in counts[1:]:
+        if count != runs[-1]:
+            runs.append(count)
+    assert runs[:5] == [1, 2, 1, 2, 1]  # windows: 1 | 2 2 | 1 1 | 2 2 | 1 ...
 
 
-def test_the_rows_raced_are_half_the_worker_slots_up_to_the_batch_limit():
-    costs = {1: 10.0, 2: 12.0, 4: 20.0, 8: 40.0, 16: 64.0}  # 16 rows cost least per row
-    assert rows_in_model(Settings(workers=4, threads=4, max_batch_size=16), costs) == 8
-    assert rows_in_model(Settings(workers=8, threads=8, max_batch_size=16), costs) == 16
-    assert rows_in_model(Settings(workers=8, threads=8, max_batch_size=16, batch_autotune=False), costs) == 16
-    assert rows_in_model(Settings(workers=1, threads=1), costs) == 1
+def test_an_idle_model_sets_no_pace_and_never_changes_count():
+    """Clients that keep the model idle a third of the time: their pace, not the model's."""
+    race = LiveRace(most=2)
+    took = ROWS / 100.0
+    counts = serve(race, {1: 100.0, 2: 200.0}, seconds=120, gap_s=took / 2)
+    assert not race.decided and set(counts) <= {1, 2} and race.concurrency in (1, 2)
+    assert race.gains == {}
+
+
+def test_a_window_waits_for_its_batches_before_the_next_starts():
+    race = LiveRace(most=2, window_s=1.0)
+    race.started(0.0, 0)
+    race.finished(0.5, ROWS, 0)
+    race.started(0.5, 0)
+    assert race.may_start(0.9, running=1)  # the window is still open
+    assert not race.may_start(1.1, running=1)  # its time is up: the running batch finishes first
+    race.finished(1.2, ROWS, 0)
+    assert race.may_start(1.2, running=0)
+
+
+def test_one_core_or_a_count_at_the_most_is_decided_at_once():
+    assert LiveRace(most=1).decided
+    race = LiveRace(most=2, best=2)
+    assert race.decided and race.concurrency == 2 and race.may_start(0.0, running=5)
+
+
+def test_the_window_length_is_read_when_a_race_begins(monkeypatch):
+    monkeypatch.setattr(concurrency, "WINDOW_S", 0.25)
+    assert LiveRace(most=2).window_s == 0.25

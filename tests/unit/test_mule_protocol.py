@@ -9,12 +9,13 @@ import dataclasses
 import socket
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 
 from app.config import Settings
-from app.inference import wire
+from app.inference import concurrency, mule_server, wire
 from app.inference.backend import UNLOADED_REASON, DeadlineExceeded, LoadFailed, NotReady, TooLarge, Unavailable
 from app.inference.model_runner import INLINE_CALL_MS, ModelLoadError, ModelRunner
 from app.inference.spec import ModelSpec, TensorSpec
@@ -94,8 +95,8 @@ def test_requests_arriving_during_a_batch_share_the_next_one(held):
 
 
 def costed(model: ToyModel, costs: dict[int, float], spec: ModelSpec = TOY_SPEC, concurrency: int = 1):
-    """A loader of `model` whose batch costs, as warm-up would have timed them, are `costs`, and
-    which runs `concurrency` calls at once (as MODEL_CONCURRENCY or its race said)."""
+    """A loader of `model` whose batch costs, as warm-up would have timed them, are `costs`; a
+    runner that already runs `concurrency` calls at once starts MODEL_CONCURRENCY=auto's race there."""
     def load(settings: Settings) -> ModelRunner:
         runner = ModelRunner(spec, model, settings.batch_buckets)
         runner.batch_costs_ms = dict(costs)
@@ -128,9 +129,9 @@ COSTLY = {1: 10.0, 2: 12.0, 4: 20.0, 8: 40.0}  # every size goes to a model thre
 
 
 @pytest.mark.parametrize("concurrency", [1, 2])
-def test_the_mule_runs_as_many_batches_at_once_as_its_runner_says(tmp_path, concurrency):
+def test_the_mule_runs_as_many_batches_at_once_as_model_concurrency_says(tmp_path, concurrency):
     model = Counting(held=True)
-    harness = MuleHarness(mule_settings(tmp_path), costed(model, COSTLY, concurrency=concurrency), model)
+    harness = MuleHarness(mule_settings(tmp_path, model_concurrency=concurrency), costed(model, COSTLY), model)
     try:
         clients = [harness.client(0), harness.client(1)]
         harness.wait_ready()
@@ -154,7 +155,9 @@ def test_the_mule_runs_as_many_batches_at_once_as_its_runner_says(tmp_path, conc
         harness.close()
 
 
-def test_a_version_that_runs_fewer_batches_at_once_gets_fewer_buffers(tmp_path):
+def test_a_version_that_runs_fewer_batches_at_once_gets_fewer_buffers(tmp_path, monkeypatch):
+    """Version 1 raced to two calls at once; version 2 starts its own race at one."""
+    monkeypatch.setattr(mule_server, "most_model_threads", lambda: 2)
     old, new = Counting(held=True), Counting()
     loaders = [costed(old, COSTLY, concurrency=2),
                costed(new, COSTLY, dataclasses.replace(TOY_SPEC, version=2), concurrency=1)]
@@ -176,12 +179,69 @@ def test_a_version_that_runs_fewer_batches_at_once_gets_fewer_buffers(tmp_path):
             harness.wait_until(lambda server: server.runner.spec.version == 2, "version 2 installed")
             old.release()
 
-        in_worker_threads(clients, 1, lambda client, i: client.predict([rows[i]], deadline()),
-                          meanwhile=reload_while_two_run)
+        with ThreadPoolExecutor(2) as pool:  # one after the other: two batches, not one of two rows
+            first = pool.submit(clients[0].predict, [rows[0]], deadline())
+            harness.wait_until(lambda server: old.inside == 1, "one batch of version 1 in the model")
+            second = pool.submit(clients[1].predict, [rows[1]], deadline())
+            reload_while_two_run()
+            assert [first.result(WAIT_S).version, second.result(WAIT_S).version] == [1, 1]
         harness.wait_until(lambda server: not server._batches_running(), "version 1's batches answered")
         assert len(harness.server._free_buffers) == 1
         after = in_worker_threads(clients, 3, lambda client, i: client.predict([rows[i % 2]], deadline()))
         assert all(result.version == 2 for result in after) and new.most_inside == 1
+    finally:
+        harness.close()
+
+
+class Sleeping(ToyModel):
+    """A model whose call lasts CALL_S plus ROW_S per row of its bucket; `exclusive`: one call at a
+    time, as a model that already fills every core (else calls at once take no longer than one
+    alone). The fixed part makes a batch split in two cost clearly more than one whole, by far
+    more than the mule's loop can save by gathering the next batch while one runs."""
+
+    CALL_S, ROW_S = 0.010, 0.001
+
+    def __init__(self, exclusive: bool):
+        super().__init__()
+        self._lock = threading.Lock() if exclusive else None
+
+    def __call__(self, inputs):
+        if self._lock is None:
+            time.sleep(self.CALL_S + self.ROW_S * len(inputs[0]))
+        else:
+            with self._lock:
+                time.sleep(self.CALL_S + self.ROW_S * len(inputs[0]))
+        return super().__call__(inputs)
+
+
+@pytest.mark.parametrize(("exclusive", "chosen"), [(False, 2), (True, 1)])
+def test_under_load_the_mule_keeps_the_count_of_calls_that_served_more(tmp_path, monkeypatch, exclusive, chosen):
+    """16 clients in a closed loop, batches of at most 8: two calls at once of a model with room
+    for them serve twice the rows; of one without, no more (and the padding of split batches costs)."""
+    monkeypatch.setattr(concurrency, "WINDOW_S", 0.15)
+    monkeypatch.setattr(mule_server, "most_model_threads", lambda: 2)
+    model = Sleeping(exclusive)
+    harness = MuleHarness(mule_settings(tmp_path, workers=2, threads=8), costed(model, COSTLY), model)
+    decided = threading.Event()
+    try:
+        clients = [harness.client(0), harness.client(1)]
+        harness.wait_ready()
+        assert harness.server.status().stats.model_concurrency == 1  # the race begins at one
+
+        def until_decided(client, i):
+            while not decided.is_set():
+                client.predict([np.full((1, 4), i, dtype=np.float32)], deadline())
+
+        def wait_for_the_choice():
+            try:
+                harness.wait_until(lambda server: server._race is None, "the race decided")
+            finally:
+                decided.set()
+
+        in_worker_threads(clients, 8, until_decided, meanwhile=wait_for_the_choice)
+        assert harness.server.runner.concurrency == chosen
+        assert harness.server.status().stats.model_concurrency == chosen
+        assert len({thread.name for thread in model.threads}) >= chosen
     finally:
         harness.close()
 
