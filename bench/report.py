@@ -195,9 +195,10 @@ def _concurrency_note(results: dict[str, Any]) -> list[str]:
     setting = results["settings"]["servers"]["mule"].get("MODEL_CONCURRENCY", "1")
     race_s = [k["race_s"] for k in results["kinds"] if k["kind"] == "mule" and "race_s" in k]
     how = "as set"
-    if setting == "auto":
-        how = "as its race on live load chose" + (f", after {race_s[0]:.0f} s at 32 clients before the rows"
-                                                  if race_s else "")
+    if setting == "auto" and race_s and race_s[0] is not None:
+        how = f"as its race on live load chose, after {race_s[0]:.0f} s at 32 clients before the rows"
+    elif setting == "auto":
+        how = "no race ran: see MODEL_CONCURRENCY in the README"
     return [f"The mule ran {' / '.join(map(str, counts))} model call(s) at once"
             f" (`MODEL_CONCURRENCY={setting}`, {how}).", ""]
 

@@ -171,9 +171,12 @@ def measure_kind(kind: str, args: argparse.Namespace, ceiling: Ceiling, load: Lo
     return result
 
 
-def settle_concurrency_race(server: Kerasrv, load: Load, requests: list[Request]) -> float:
+def settle_concurrency_race(server: Kerasrv, load: Load, requests: list[Request]) -> float | None:
     """MODEL_CONCURRENCY=auto times its counts on the first load that keeps the model busy; load
-    the mule until it has chosen (at most RACE_LOAD_S), so every row measures the chosen count."""
+    the mule until it has chosen (at most RACE_LOAD_S), so every row measures the chosen count.
+    None: no race (a fixed count, or batches cheap enough for the mule's loop)."""
+    if not (server.stats() or {}).get("model_concurrency_racing"):
+        return None
     began = time.monotonic()
     while time.monotonic() - began < RACE_LOAD_S:
         stats = server.stats() or {}
@@ -255,8 +258,12 @@ def machine_info(load: Load, ceiling: Ceiling, triton_python: str = "") -> dict[
             return "not found"
         return ((done.stdout or "") + (done.stderr or "")).strip().splitlines()[0]
 
-    cpu_model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                      if line.startswith("model name")), platform.processor())
+    # a VM may name its CPU only "AMD EPYC": family, model and AVX-512 tell the generations apart
+    first = Path("/proc/cpuinfo").read_text().split("\n\n")[0]
+    cpu = dict(line.split(":", 1) for line in first.splitlines() if ":" in line)
+    cpu = {key.strip(): value.strip() for key, value in cpu.items()}
+    cpu_model = (f"{cpu.get('model name', platform.processor())}, family {cpu.get('cpu family', '?')}"
+                 f" model {cpu.get('model', '?')}" + (", AVX-512" if "avx512f" in cpu.get("flags", "").split() else ""))
     mem_kb = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
                   if line.startswith("MemTotal"))
 
