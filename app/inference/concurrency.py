@@ -30,13 +30,16 @@ PAIRS = 5  # windows of each count; alternating, so a slow spell of the machine 
 # shared 2-core VM whose speed swings 15 % from one window to the next).
 GAIN = 1.05
 # of a window's time with no batch in the model: past this, the clients set the pace, not the model
-# (MobileNetV2 with one call at a time: about 2 % at 16 clients, over 20 % at one)
+# (MobileNetV2 with one call at a time measured 1-2 % at 32 clients; at one client the model
+# waits out each request's decode and HTTP, about a fifth of a 26 ms round trip)
 MOST_IDLE = 0.05
 LEAST_BATCHES = 3  # a window of fewer batches says too little
 
 
 @dataclass
 class _Window:
+    """One window's batches: `count` at once, from the first one's start to the last one's end."""
+
     count: int
     start: float
     rows: int = 0
