@@ -220,9 +220,8 @@ class MuleServer:
             self._race = self._new_race(runner)
             if self.settings.model_concurrency:
                 runner.concurrency = self.settings.model_concurrency
-            elif self._race is not None:
-                runner.concurrency = self._race.concurrency
-            # one buffer per idle model thread, shaped for this version (busy threads get theirs back later)
+            # one buffer per idle model thread (the race's count while it runs), shaped for this
+            # version (busy threads get theirs back later)
             self._free_buffers = []
             self._match_buffers()
             self.policy.costs_ms = runner.batch_costs_ms if self.settings.batch_autotune else {}  # pad or split
