@@ -187,7 +187,7 @@ def _compiled_note(results: dict[str, Any]) -> list[str]:
 
 
 def _concurrency_note(results: dict[str, Any]) -> list[str]:
-    """How many model calls the mule ran at once (MODEL_CONCURRENCY=auto races it at warm-up)."""
+    """How many model calls the mule ran at once (MODEL_CONCURRENCY=auto races the counts on live load)."""
     counts = sorted({p["batches"]["model_concurrency"] for k in results["kinds"] if k["kind"] == "mule"
                      for r in k["rows"] for p in r["pairs"] if p["batches"].get("model_concurrency")})
     if not counts:

@@ -38,13 +38,6 @@ def efficient_batch(costs_ms: dict[int, float], tolerance: float = TOLERANCE) ->
     return _largest_near_cheapest(per_row, tolerance) if per_row else None
 
 
-def batch_limit(costs_ms: dict[int, float], max_batch_size: int, autotune: bool) -> int:
-    """The mule's batch limit: MAX_BATCH_SIZE, or with BATCH_AUTOTUNE the batch size that costs
-    least per row (MAX_BATCH_SIZE when nothing was measured)."""
-    best = efficient_batch(costs_ms) if autotune else None
-    return max_batch_size if best is None else best
-
-
 def _largest_near_cheapest(cost_by_size: dict[int, float], tolerance: float) -> int:
     """Ties (within `tolerance`) go to the larger size: it costs the same per row and leaves fewer
     requests waiting for the next call."""

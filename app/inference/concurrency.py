@@ -1,9 +1,9 @@
 """MODEL_CONCURRENCY=auto: how many batches the mule runs in the model at once, chosen under load.
 
 Whether a second call adds throughput depends on the model, the machine and what else runs on
-its cores. MobileNetV2 on a 2-core AMD EPYC VM served 1.14 x / 1.24 x the in-process ceiling at
-16 / 32 clients with two calls at once against 0.92 x / 1.07 x with one, in the same hour; on
-another VM of the same kind two were slower (61 against 73 req/s). Timed alone at warm-up, two
+its cores. MobileNetV2 on a 2-core AMD EPYC VM (family 25 model 17) served 1.14 x / 1.24 x the
+in-process ceiling at 16 / 32 clients with two calls at once against 0.92 x / 1.07 x with one, in
+the same hour; on another 2-core AMD EPYC VM two were slower (61 against 73 req/s). Timed alone at warm-up, two
 calls of half the rows gained only 1.02-1.10 x there: the gain comes from filling the gaps the
 workers' decoding and the mule's own loop leave, which only the live server has. So the mule
 races the counts on its own traffic: alternating windows of each count, each timed from its
@@ -17,6 +17,7 @@ passes in, so it is tested on a made-up clock.
 from __future__ import annotations
 
 import logging
+import os
 import statistics
 from dataclasses import dataclass, field
 
@@ -34,6 +35,12 @@ GAIN = 1.05
 # waits out each request's decode and HTTP, about a fifth of a 26 ms round trip)
 MOST_IDLE = 0.05
 LEAST_BATCHES = 3  # a window of fewer batches says too little
+MOST_CONCURRENCY = 4  # nor more than one model thread per core
+
+
+def most_model_threads() -> int:
+    """The most model calls MODEL_CONCURRENCY=auto runs at once: one per core, at most MOST_CONCURRENCY."""
+    return max(1, min(MOST_CONCURRENCY, len(os.sched_getaffinity(0))))
 
 
 @dataclass

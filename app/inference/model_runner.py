@@ -7,7 +7,6 @@ uWSGI master: TensorFlow's runtime does not survive a fork.
 from __future__ import annotations
 
 import logging
-import os
 import statistics
 import time
 from collections.abc import Callable
@@ -32,8 +31,6 @@ COMPILE_BUDGET_S = 20.0
 # to a model thread and back costs about 0.1 ms of wake-ups (2-core AMD EPYC VM), a tenth of a small
 # CNN's call, while a status question or a refusal waits no longer than this for the loop.
 INLINE_CALL_MS = 5.0
-# MODEL_CONCURRENCY=auto tries at most one model thread per core, and never more than this
-MOST_CONCURRENCY = 4
 
 
 class ModelLoadError(Exception):
@@ -297,11 +294,6 @@ def load_runner(settings: Settings, costs_dir: Path | None = None) -> ModelRunne
         list(runner.compiled_buckets) or "no batch size",
     )
     return runner
-
-
-def most_model_threads() -> int:
-    """The most model calls MODEL_CONCURRENCY=auto runs at once: one per core, at most MOST_CONCURRENCY."""
-    return max(1, min(MOST_CONCURRENCY, len(os.sched_getaffinity(0))))
 
 
 def _configure_threads(spinning: bool, threads: int) -> None:

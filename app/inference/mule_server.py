@@ -28,9 +28,9 @@ from concurrent.futures import ThreadPoolExecutor
 from app.config import Settings
 from app.inference import versions, wire
 from app.inference.backend import UNLOADED_REASON, not_ready_reason
-from app.inference.batching import BatchPolicy, Pending, batch_limit, per_row_ms
-from app.inference.concurrency import LiveRace
-from app.inference.model_runner import ModelLoadError, ModelRunner, most_model_threads
+from app.inference.batching import BatchPolicy, Pending, efficient_batch, per_row_ms
+from app.inference.concurrency import LiveRace, most_model_threads
+from app.inference.model_runner import ModelLoadError, ModelRunner
 from app.inference.spec import VARIABLE, Batch
 from app.metrics import PROCESS_STARTS, MuleMetrics
 
@@ -324,12 +324,16 @@ class MuleServer:
 
     def _batch_limit(self, runner: ModelRunner) -> int:
         """MAX_BATCH_SIZE, or with BATCH_AUTOTUNE the batch size that costs least per row."""
-        limit = batch_limit(runner.batch_costs_ms, self.settings.max_batch_size, self.settings.batch_autotune)
-        if limit < self.settings.max_batch_size:
+        if not self.settings.batch_autotune:
+            return self.settings.max_batch_size
+        best = efficient_batch(runner.batch_costs_ms)
+        if best is None:
+            return self.settings.max_batch_size
+        if best < self.settings.max_batch_size:
             per_row = {size: round(ms, 2) for size, ms in per_row_ms(runner.batch_costs_ms).items()}
             log.info("batch limit %d: the cheapest per row (ms per row by batch size %s);"
-                     " BATCH_AUTOTUNE=off uses MAX_BATCH_SIZE=%d", limit, per_row, self.settings.max_batch_size)
-        return limit
+                     " BATCH_AUTOTUNE=off uses MAX_BATCH_SIZE=%d", best, per_row, self.settings.max_batch_size)
+        return best
 
     def listen(self) -> None:
         path = self.settings.mule_socket
