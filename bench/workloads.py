@@ -38,7 +38,7 @@ class Workload:
     bodies: Callable[[], list[bytes]]  # the request bodies the clients send in turn
     ceiling_decode: str = "server"  # "server": the server's decode_image; "naive": full decode, then resize
     # the mule-mode server's WORKERS, THREADS and MAX_BATCH_SIZE: a cheap model wants more slots
-    # (requests in flight) and larger batches, fewer processes sharing the cores (README, Performance)
+    # (requests in flight) and larger batches, fewer processes sharing the cores (docs/performance.md)
     mule_settings: tuple[int, int, int] = (4, 4, 16)
     # and its MODEL_THREADS: one thread per TensorFlow pool where ops are too small to split (0: TF's default)
     model_threads: int = 0
