@@ -91,6 +91,18 @@ def descendants(root: int) -> list[int]:
     return found
 
 
+def kill_tree(root: int) -> None:
+    """SIGKILL `root` and everything below it, all frozen first (SIGSTOP) so that no parent
+    respawns a child, and no child outlives its parent, between the kills."""
+    everyone = descendants(root)
+    for sig in (signal.SIGSTOP, signal.SIGKILL):
+        for pid in everyone:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+
+
 def mule_connections(mule: int, path: Path) -> list[int]:
     """Bytes not yet read on each of the mule's connections from worker threads, from `ss` (iproute2).
 
@@ -222,14 +234,15 @@ class LocalServer:
         return [pid for pid in children(self.master_pid()) if pid != mule]
 
     def stop(self, timeout: float = 60) -> int:
-        """SIGTERM, as `docker stop` sends it; killed after `timeout`. The exit code; the runtime
-        directory is removed only after a clean exit, so a failure's logs stay to be read."""
+        """SIGTERM, as `docker stop` sends it; after `timeout`, the whole tree is killed (supervisord
+        alone would leave nginx and uWSGI running). The exit code; the runtime directory is
+        removed only after a clean exit, so a failure's logs stay to be read."""
         if self.process and self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:
                 self.process.wait(timeout)
             except subprocess.TimeoutExpired:
-                self.process.kill()
+                kill_tree(self.process.pid)
                 self.process.wait()
         self._log.close()
         code = self.process.returncode

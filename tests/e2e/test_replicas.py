@@ -12,13 +12,14 @@ import signal
 import subprocess
 import threading
 from collections import Counter
+from contextlib import suppress
 from pathlib import Path
 
 import pytest
 import requests
 
 from app.config import PROJECT_ROOT
-from tools.local_server import descendants, free_port, wait_for, world_readable_dir
+from tools.local_server import free_port, kill_tree, wait_for, world_readable_dir
 from training.digits import heldout_split, render_png
 
 LB_CONFIG = PROJECT_ROOT / "deploy" / "loadbalancer" / "nginx.conf"
@@ -37,7 +38,8 @@ def loopback_config(ports: list[int], listen: int, folder: Path) -> str:
 
 @pytest.fixture
 def balancer():
-    """Start the balancer for the given replica ports; stopped (QUIT) at the end."""
+    """Start the balancer for the given replica ports; stopped (QUIT) at the end, its process group
+    killed after that."""
     folder = world_readable_dir("kerasrv-lb-")
     started: list[subprocess.Popen] = []
 
@@ -45,7 +47,7 @@ def balancer():
         port = free_port()
         (folder / "nginx.conf").write_text(loopback_config(ports, port, folder))
         started.append(subprocess.Popen([NGINX, "-e", "stderr", "-p", str(folder), "-c", str(folder / "nginx.conf"),
-                                         "-g", "daemon off;"], stderr=subprocess.PIPE))
+                                         "-g", "daemon off;"], stderr=subprocess.PIPE, start_new_session=True))
         url = f"http://127.0.0.1:{port}"
 
         def answers() -> bool:
@@ -62,7 +64,11 @@ def balancer():
     yield start
     for process in started:
         process.send_signal(signal.SIGQUIT)
-        process.wait(30)
+        try:
+            process.wait(30)
+        finally:  # no worker outlives the test, whatever became of the master
+            with suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
     shutil.rmtree(folder, ignore_errors=True)
 
 
@@ -115,13 +121,7 @@ def test_a_drained_and_a_crashed_replica_cost_no_client_an_error(start_server, b
 
         drained, crashed, survivor = replicas
         assert drained.stop() == 0  # SIGTERM: finishes what it has, then exits 0
-        everyone = descendants(crashed.process.pid)
-        for sig in (signal.SIGSTOP, signal.SIGKILL):  # a crash of the whole instance: frozen first, so
-            for pid in everyone:                      # that nothing respawns between the kills
-                try:
-                    os.kill(pid, sig)
-                except ProcessLookupError:
-                    pass
+        kill_tree(crashed.process.pid)  # a crash of the whole instance
         crashed.process.wait(30)
         count = len(clients.seen)
         wait_for(lambda: len(clients.seen) >= count + 300, 120, "300 more answers after the drain and the crash")

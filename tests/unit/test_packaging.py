@@ -339,6 +339,19 @@ def test_unit_exec_start_serves_with_output_on_a_socket():
     assert code == 0, f"exit {code} after SIGTERM:\n{log}"
 
 
+# --- supervisord ---------------------------------------------------------------------------
+
+
+def test_supervisord_kills_each_server_with_its_workers():
+    """nginx and uWSGI fork workers: a SIGKILL after stopwaitsecs must reach them too."""
+    parser = configparser.ConfigParser(strict=False, interpolation=None)
+    parser.read(PROJECT_ROOT / "supervisord.conf")
+    programs = [name for name in parser.sections() if name.startswith("program:")]
+    assert sorted(programs) == ["program:nginx", "program:uwsgi"]
+    for name in programs:
+        assert parser.getboolean(name, "killasgroup"), name
+
+
 # --- shell scripts -------------------------------------------------------------------------
 
 
