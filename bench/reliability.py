@@ -34,6 +34,7 @@ import requests
 from app.config import PROJECT_ROOT, Settings
 from bench.load import Load, jpeg_requests
 from bench.open_loop import open_loop
+from bench.report import without_machine_paths
 from bench.servers import memory, wait_idle
 from tools.local_server import LocalServer, descendants, health, wait_for
 
@@ -445,8 +446,9 @@ def main(argv: list[str] | None = None) -> int:
     info = machine()
     DOC.write_text(markdown(cases, info, started))
     stamp = started[:10]
-    (RESULTS_DIR / f"{stamp}-reliability.json").write_text(json.dumps(
-        {"machine": info, "started": started, "cases": [c.__dict__ for c in cases]}, indent=1, default=str))
+    record = {"machine": info, "started": started, "cases": [c.__dict__ for c in cases]}
+    (RESULTS_DIR / f"{stamp}-reliability.json").write_text(
+        json.dumps(without_machine_paths(json.loads(json.dumps(record, default=str))), indent=1))
     for case in cases:
         print(f"{'PASS' if case.passed else 'FAIL'} {case.name}: {_short(case.figures)}")
     return 0 if all(case.passed for case in cases) else 1

@@ -8,6 +8,7 @@ between minutes than the differences being measured.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import statistics
 from pathlib import Path
@@ -25,6 +26,22 @@ TARGETS: dict[str, dict[str, Any]] = {
                 "triton_at": (64,)},
     "photo12mp": {"ratio": 4.0, "ratio_at": (16,)},  # against the naive ceiling (full-size decode)
 }
+
+
+# an absolute path on the machine that ran the benchmark (not a URL's path, not a route)
+_MACHINE_PATH = re.compile(r'(?<![^\s"=])/(?:home|mnt|opt|root|srv|tmp|usr|var|work)/(?:[^\s"/]*/)*([^\s"/]*)')
+
+
+def without_machine_paths(value: Any) -> Any:
+    """`value` (JSON-like) with every absolute path cut to its last part ("/usr/sbin/nginx" ->
+    "nginx"): the committed results say which programs ran, not where this machine keeps them."""
+    if isinstance(value, str):
+        return _MACHINE_PATH.sub(r"\1", value)
+    if isinstance(value, dict):
+        return {key: without_machine_paths(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [without_machine_paths(item) for item in value]
+    return value
 
 
 CEILING_PREPARES = {"server": "the server's `decode_image` + `normalize`, or `json.loads` for a tabular body",
@@ -411,6 +428,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
 
 def write(results: dict[str, Any], folder: Path, suffix: str = "", latest: bool = True) -> dict[str, Path]:
     """<date><suffix>.json/.md/.png, and the workload's latest*.md for a full run."""
+    results = without_machine_paths(results)
     folder.mkdir(mode=0o755, parents=True, exist_ok=True)
     stem = folder / f"{results['date']}{suffix}"
     paths = {"json": stem.with_suffix(".json"), "md": stem.with_suffix(".md"), "png": stem.with_suffix(".png")}

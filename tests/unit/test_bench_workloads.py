@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from app.config import Settings
+from app.config import PROJECT_ROOT, Settings
 from app.inference.spec import ModelSpec, TensorSpec
 from bench import report, triton_app
 from bench.model import TABULAR_FEATURES
@@ -132,3 +132,23 @@ def test_the_report_says_where_the_ceiling_and_the_mule_ran_xla():
     results["machine"]["ceiling_compiled_buckets"] = []
     assert "the ceiling ran compiled at batch sizes none;" in report._compiled_note(results)[0]
     assert report._compiled_note({"machine": {}, "kinds": []}) == []  # a run from before the race
+
+
+def test_results_name_programs_not_the_directories_of_the_machine_that_ran_them():
+    raw = {"env": {"MODEL_PATH": "/work/main/models/digits.keras"},
+           "memory": [{"cmd": "/tmp/x/.venv/bin/python3 /tmp/x/.venv/bin/supervisord -c /work/main/supervisord.conf ",
+                       "pid": 7},
+                      {"cmd": "nginx: master process /usr/sbin/nginx -c /var/tmp/kerasrv-bench-1/run/nginx.conf"}],
+           "request": {"path": "/v2/models/digits/infer", "url": "http://127.0.0.1:8080/v2/models/digits/infer"},
+           "model": "bench/work/mobilenet_v2.keras"}
+    clean = report.without_machine_paths(raw)
+    assert clean["env"]["MODEL_PATH"] == "digits.keras"
+    assert clean["memory"][0] == {"cmd": "python3 supervisord -c supervisord.conf ", "pid": 7}
+    assert clean["memory"][1]["cmd"] == "nginx: master process nginx -c nginx.conf"
+    assert clean["request"] == raw["request"] and clean["model"] == raw["model"]  # routes, URLs and relative paths stay
+
+
+def test_the_committed_results_hold_no_path_of_the_machine_they_ran_on():
+    for path in sorted((PROJECT_ROOT / "bench" / "results").glob("*.json")):
+        found = report._MACHINE_PATH.search(path.read_text())
+        assert found is None, f"{path.name}: {found.group(0)}"
