@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
@@ -22,7 +23,7 @@ HEAVY = ("tensorflow", "keras", "h5py")
 WORKER = f"""
 import json, mmap, sys, types
 uwsgi = types.ModuleType("uwsgi")
-uwsgi.sharedarea_memoryview = lambda area: memoryview(mmap.mmap(-1, 1 << 20))
+uwsgi.sharedarea_memoryview = lambda area: memoryview(mmap.mmap(-1, 1 << 30))  # room for any slots; untouched
 uwsgi.worker_id = lambda: 1
 sys.modules["uwsgi"] = uwsgi
 import app.wsgi
@@ -32,9 +33,11 @@ print(json.dumps(sorted(name for name in sys.modules if name.split(".")[0] in {H
 
 
 def heavy_modules_in_a_worker(mode: str) -> list[str]:
-    env = {**os.environ, "INFERENCE_MODE": mode, "LOG_LEVEL": "warning", "TF_CPP_MIN_LOG_LEVEL": "3"}
-    result = subprocess.run([sys.executable, "-c", WORKER], cwd=PROJECT_ROOT, env=env, capture_output=True,
-                            text=True, timeout=300, check=False)
+    with tempfile.TemporaryDirectory() as runtime:  # its own: a stopped server's marker would end the worker
+        env = {**os.environ, "INFERENCE_MODE": mode, "LOG_LEVEL": "warning", "TF_CPP_MIN_LOG_LEVEL": "3",
+               "RUNTIME_DIR": runtime}
+        result = subprocess.run([sys.executable, "-c", WORKER], cwd=PROJECT_ROOT, env=env, capture_output=True,
+                                text=True, timeout=300, check=False)
     assert result.returncode == 0, result.stderr[-4000:]
     return json.loads(result.stdout.splitlines()[-1])
 
