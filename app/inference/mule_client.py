@@ -106,7 +106,9 @@ class MuleClient:
     def for_uwsgi_worker(cls, settings: Settings) -> MuleClient:
         import uwsgi  # noqa: PLC0415 - only exists inside uWSGI
 
-        return cls(settings, uwsgi.sharedarea_memoryview(0), (uwsgi.worker_id() - 1) * settings.threads)
+        shm, first_slot = uwsgi.sharedarea_memoryview(0), (uwsgi.worker_id() - 1) * settings.threads
+        wire.release_slots(shm, first_slot, settings.threads, settings.slot_bytes)
+        return cls(settings, shm, first_slot)
 
     def _channel(self) -> _Channel:
         channel = getattr(self._local, "channel", None)

@@ -11,15 +11,20 @@ boundaries for free, and a hang-up is seen at once on either side.
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import json
+import logging
 import math
+import mmap
 import struct
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from app.inference.spec import ModelSpec, TensorSpec
+
+log = logging.getLogger(__name__)
 
 ALIGN = 64
 
@@ -270,3 +275,31 @@ class MuleStatus:
             spec=ModelSpec.from_dict(data["spec"]) if data["spec"] else None,
             layout=SlotLayout(**layout) if layout else None,
         )
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+
+
+def release_slots(shm: memoryview, first_slot: int, count: int, slot_bytes: int) -> bool:
+    """Hand the pages of slots first_slot.. +count back to the kernel; they read as zeros after.
+
+    uWSGI's master zeroes the whole sharedarea when it creates it, so every slot would stay
+    resident (WORKERS x THREADS x SLOT_MB: 128 MB by default) though a request fills only the
+    start of its slot (a 224x224 RGB image, 0.6 MB of the 8). A worker releases its own slots
+    when it starts, before it takes a request: from then on a slot holds only the pages its
+    requests have written. MADV_REMOVE frees the shared pages themselves, for every process that
+    maps them. Not possible (another kernel or memory that is not shared): False, and the slots
+    simply stay resident."""
+    start, length = first_slot * slot_bytes, count * slot_bytes
+    if length <= 0 or start + length > len(shm):
+        raise ValueError(f"slots {first_slot}..{first_slot + count - 1} lie outside the shared memory")
+    anchor = ctypes.c_char.from_buffer(shm, start)  # the slot's address; pins the buffer meanwhile
+    try:
+        failed = _libc.madvise(ctypes.addressof(anchor), length, mmap.MADV_REMOVE)
+    finally:
+        del anchor
+    if failed:
+        log.warning("could not release %d shared-memory slots (errno %d): they stay resident",
+                    count, ctypes.get_errno())
+    return not failed

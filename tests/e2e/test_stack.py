@@ -368,3 +368,33 @@ def test_request_buffers_are_reused_not_faulted_in_afresh(digits, start_server):
     returned = _faults_per_request(glibc, photo)
     assert kept < 20, (kept, returned)
     assert returned > 100, (kept, returned)
+
+
+def _shared_area_kb(master: int) -> tuple[int, int]:
+    """Size and Rss in kB of the largest shared anonymous mapping of uWSGI's master (its sharedarea)."""
+    areas, current = [], None
+    for line in open(f"/proc/{master}/smaps").read().splitlines():
+        fields = line.split()
+        if "-" in fields[0] and len(fields) >= 5:  # a mapping's header: range, perms, offset, dev, inode, path
+            shared_anonymous = fields[1].endswith("s") and line.rstrip().endswith("/dev/zero (deleted)")
+            current = {} if shared_anonymous else None
+            if current is not None:
+                areas.append(current)
+        elif current is not None and fields[0] in ("Size:", "Rss:"):
+            current[fields[0]] = int(fields[1])
+    return max((area["Size:"], area["Rss:"]) for area in areas)
+
+
+def test_the_shared_memory_holds_only_what_requests_wrote(digits):
+    """uWSGI's master zeroes its sharedarea (WORKERS x THREADS x SLOT_MB) as it creates it, which
+    leaves all of it resident; each worker hands its own slots' pages back when it starts
+    (wire.release_slots), so only what requests write stays."""
+    rng = np.random.default_rng(4)
+    for _ in range(10):
+        image = png_bytes(rng.integers(0, 255, (64, 64), dtype=np.uint8))
+        response = requests.post(f"{digits.url}/predict", data=image, headers={"Content-Type": "image/png"})
+        assert response.status_code == 200, response.text
+    size, _ = _shared_area_kb(digits.master_pid())
+    assert size >= 2 * 4 * 8 * 1024  # WORKERS=2 x THREADS=4 x SLOT_MB=8
+    wait_for(lambda: _shared_area_kb(digits.master_pid())[1] < size // 10, LOAD_SECONDS,
+             "the workers to release their slots")

@@ -5,7 +5,9 @@ The server runs in a thread on an anonymous mmap standing in for uWSGI's shareda
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
+import mmap
 import socket
 import threading
 import time
@@ -475,6 +477,40 @@ def test_layout_keeps_input_and_output_regions_apart():
     last = layout.output_offsets[-1] + layout.rows * TOY_SPEC.outputs[-1].row_bytes(16)
     assert last <= 4096
     assert wire.SlotLayout.plan(TOY_SPEC, 8, 64, 16).rows == 0
+
+
+def _resident_kb(area: mmap.mmap) -> int:
+    """Rss of the mapping `area` (/proc/self/smaps)."""
+    start = ctypes.addressof(ctypes.c_char.from_buffer(area))
+    lines = iter(open("/proc/self/smaps").read().splitlines())
+    for line in lines:
+        if line.split("-", 1)[0] == f"{start:x}":
+            return next(int(line.split()[1]) for line in lines if line.startswith("Rss:"))
+    raise AssertionError("mapping not found")
+
+
+def test_released_slots_give_their_pages_back_and_read_as_zeros():
+    """uWSGI's master zeroes the whole sharedarea, so each worker releases its own slots."""
+    slot = 1 << 20
+    area = mmap.mmap(-1, 8 * slot, flags=mmap.MAP_SHARED)
+    area.write(b"\x01" * len(area))  # every page resident, as after uWSGI's master
+    view = memoryview(area)
+    before = _resident_kb(area)
+    assert wire.release_slots(view, 2, 4, slot)
+    assert before - _resident_kb(area) >= 4 * slot // 1024
+    assert not any(view[2 * slot : 6 * slot]) and view[2 * slot - 1] == 1 and view[6 * slot] == 1
+    with pytest.raises(ValueError):
+        wire.release_slots(view, 6, 4, slot)
+    view.release()
+
+
+def test_slots_that_cannot_be_released_stay_usable(caplog):
+    private = mmap.mmap(-1, 4 << 20, flags=mmap.MAP_PRIVATE)  # not shared: MADV_REMOVE refuses it
+    private.write(b"\x01" * len(private))
+    view = memoryview(private)
+    assert not wire.release_slots(view, 0, 2, 1 << 20)
+    assert view[0] == 1 and "stay resident" in caplog.text
+    view.release()
 
 
 def test_status_message_round_trip_keeps_spec_layout_and_counters():
