@@ -74,6 +74,22 @@ def _parents() -> dict[int, int]:
     return found
 
 
+def mappings(pid: int | str = "self") -> list[dict]:
+    """Each memory mapping of a process (/proc/PID/smaps): start address, permissions, path, and its
+    sizes in kB by field name ("Size", "Rss", ...)."""
+    found: list[dict] = []
+    for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
+        name, _, rest = line.partition(":")
+        if " " not in name:  # a field: "Rss:      12 kB", "VmFlags: rd mr"
+            if rest.endswith(" kB"):
+                found[-1][name] = int(rest.split()[0])
+        else:  # a mapping's header: range, permissions, offset, device, inode, path
+            fields = line.split(maxsplit=5)
+            found.append({"start": int(fields[0].split("-")[0], 16), "perms": fields[1],
+                          "path": fields[5] if len(fields) > 5 else ""})
+    return found
+
+
 def children(parent: int) -> list[int]:
     return [pid for pid, ppid in _parents().items() if ppid == parent]
 

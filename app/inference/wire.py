@@ -294,11 +294,8 @@ def release_slots(shm: memoryview, first_slot: int, count: int, slot_bytes: int)
     start, length = first_slot * slot_bytes, count * slot_bytes
     if length <= 0 or start + length > len(shm):
         raise ValueError(f"slots {first_slot}..{first_slot + count - 1} lie outside the shared memory")
-    anchor = ctypes.c_char.from_buffer(shm, start)  # the slot's address; pins the buffer meanwhile
-    try:
-        failed = _libc.madvise(ctypes.addressof(anchor), length, mmap.MADV_REMOVE)
-    finally:
-        del anchor
+    address = ctypes.addressof(ctypes.c_char.from_buffer(shm, start))  # valid while the caller holds shm
+    failed = _libc.madvise(address, length, mmap.MADV_REMOVE)
     if failed:
         log.warning("could not release %d shared-memory slots (errno %d): they stay resident",
                     count, ctypes.get_errno())

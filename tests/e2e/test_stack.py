@@ -17,7 +17,7 @@ import pytest
 import requests
 
 from tests.doubles import jpeg_bytes, png_bytes
-from tools.local_server import LocalServer, wait_for
+from tools.local_server import LocalServer, mappings, wait_for
 from training.digits import heldout_split, render_png
 
 MADE_ID = re.compile(r"[0-9a-f]{32}")  # nginx's $request_id
@@ -372,17 +372,8 @@ def test_request_buffers_are_reused_not_faulted_in_afresh(digits, start_server):
 
 def _shared_area_kb(master: int) -> tuple[int, int]:
     """Size and Rss in kB of the largest shared anonymous mapping of uWSGI's master (its sharedarea)."""
-    areas, current = [], None
-    for line in open(f"/proc/{master}/smaps").read().splitlines():
-        fields = line.split()
-        if "-" in fields[0] and len(fields) >= 5:  # a mapping's header: range, perms, offset, dev, inode, path
-            shared_anonymous = fields[1].endswith("s") and line.rstrip().endswith("/dev/zero (deleted)")
-            current = {} if shared_anonymous else None
-            if current is not None:
-                areas.append(current)
-        elif current is not None and fields[0] in ("Size:", "Rss:"):
-            current[fields[0]] = int(fields[1])
-    return max((area["Size:"], area["Rss:"]) for area in areas)
+    return max((m["Size"], m["Rss"]) for m in mappings(master)
+               if m["perms"].endswith("s") and m["path"] == "/dev/zero (deleted)")
 
 
 def test_the_shared_memory_holds_only_what_requests_wrote(digits):

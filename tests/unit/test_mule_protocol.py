@@ -30,7 +30,7 @@ from tests.doubles import (
     mule_settings,
     version_dir,
 )
-from tools.local_server import wait_for
+from tools.local_server import mappings, wait_for
 
 
 @pytest.fixture
@@ -480,13 +480,9 @@ def test_layout_keeps_input_and_output_regions_apart():
 
 
 def _resident_kb(area: mmap.mmap) -> int:
-    """Rss of the mapping `area` (/proc/self/smaps)."""
+    """Rss of the mapping `area`."""
     start = ctypes.addressof(ctypes.c_char.from_buffer(area))
-    lines = iter(open("/proc/self/smaps").read().splitlines())
-    for line in lines:
-        if line.split("-", 1)[0] == f"{start:x}":
-            return next(int(line.split()[1]) for line in lines if line.startswith("Rss:"))
-    raise AssertionError("mapping not found")
+    return next(mapping["Rss"] for mapping in mappings() if mapping["start"] == start)
 
 
 def test_released_slots_give_their_pages_back_and_read_as_zeros():
