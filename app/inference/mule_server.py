@@ -593,7 +593,8 @@ class MuleServer:
             failed=self.counts["failed"],
             buckets=list(runner.buckets) if runner else [],
             batch_limit=self.policy.max_batch,
-            batch_cost_ms={str(k): round(v, 2) for k, v in runner.batch_costs_ms.items()} if runner else {},
+            # unrounded: these are the costs the policy splits batches by, so a client can replay it
+            batch_cost_ms={str(k): v for k, v in runner.batch_costs_ms.items()} if runner else {},
             compiled_buckets=list(runner.compiled_buckets) if runner else [],
             model_concurrency=runner.concurrency if runner else self.settings.model_concurrency,
             model_concurrency_racing=self._race is not None,
