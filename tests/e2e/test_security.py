@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import threading
 import time
 from collections import Counter
@@ -27,9 +28,11 @@ def write_tokens(path, *tokens: str) -> None:
 
 @pytest.fixture
 def token_file():
-    path = world_readable_dir("kerasrv-tokens-") / "tokens"
+    folder = world_readable_dir("kerasrv-tokens-")
+    path = folder / "tokens"
     write_tokens(path, "# rotated by the test", "old-t0ken")
-    return path
+    yield path
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def test_rotating_the_token_file_under_load_takes_effect_without_a_restart(start_server, token_file):

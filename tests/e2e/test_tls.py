@@ -4,6 +4,7 @@ HTTP/2 by ALPN, the plain-HTTP redirect, and renewed certificates served without
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import ssl
@@ -53,7 +54,9 @@ def renew(cert: Path, key: Path, name: str) -> None:
 
 @pytest.fixture
 def certificate():
-    return self_signed_cert(world_readable_dir("kerasrv-tls-"))
+    folder = world_readable_dir("kerasrv-tls-")
+    yield self_signed_cert(folder)
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def test_https_only_modern_tls_http2_redirect_and_reload_on_sighup(start_server, certificate):
