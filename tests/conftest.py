@@ -79,6 +79,21 @@ def tagger_model(model_dir):
 
 
 @pytest.fixture
+def readable_dir():
+    """Makes temp folders the unprivileged service user can enter (world_readable_dir), for files
+    a server reads; each one is removed after the test."""
+    made: list[Path] = []
+
+    def make(prefix: str) -> Path:
+        made.append(world_readable_dir(prefix))
+        return made[-1]
+
+    yield make
+    for path in made:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
 def start_server():
     """Start servers with given environment overrides; each must stop cleanly (exit 0 on SIGTERM)
     at the end of the test, unless the test expects otherwise and stops it itself."""

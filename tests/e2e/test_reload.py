@@ -18,17 +18,15 @@ import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
 from tests.models import adder
-from tools.local_server import wait_for, world_readable_dir
+from tools.local_server import wait_for
 from training.digits import heldout_split, render_png
 
 ROW = [1.0, 2.0, 3.0, 4.0]  # sum 10: version v answers 10 + v
 
 
 @pytest.fixture
-def versions():
-    root = world_readable_dir("kerasrv-versions-")
-    yield root
-    shutil.rmtree(root, ignore_errors=True)
+def versions(readable_dir):
+    return readable_dir("kerasrv-versions-")
 
 
 def add_version(root, number: int, broken: bool = False) -> None:
@@ -276,7 +274,7 @@ def test_ten_reloads_leave_no_model_copies_behind(start_server, versions):
     assert after[10] <= after[1] * 1.10, after
 
 
-def test_a_server_started_before_its_model_waits_or_recovers(start_server, versions):
+def test_a_server_started_before_its_model_waits_or_recovers(start_server, versions, readable_dir):
     """Started on an empty directory it fails (not ready, saying why) and, with polling, becomes
     ready once a version arrives; started beside a copy still under way it waits for the copy."""
     server = start_server({"MODEL_PATH": str(versions), "MODEL_NAME": "adder", "MODEL_POLL_S": "1",
@@ -287,13 +285,10 @@ def test_a_server_started_before_its_model_waits_or_recovers(start_server, versi
     server.wait_state("ready")
     assert served(server.url) == "1"
 
-    fresh = world_readable_dir("kerasrv-versions-")
-    try:
-        add_version(fresh, 1)  # written just now: it settles 8 s from now
-        late = start_server({"MODEL_PATH": str(fresh), "MODEL_NAME": "adder", "MODEL_SETTLE_S": "8"},
-                            wait_ready=False, name="reload-settling")
-        wait_for(lambda: "waiting for the copy to end" in late.log(), 60, "the mule waiting for the copy")
-        assert late.wait_state("ready")["state"] == "ready"
-        assert served(late.url) == "1"
-    finally:
-        shutil.rmtree(fresh, ignore_errors=True)
+    fresh = readable_dir("kerasrv-versions-")
+    add_version(fresh, 1)  # written just now: it settles 8 s from now
+    late = start_server({"MODEL_PATH": str(fresh), "MODEL_NAME": "adder", "MODEL_SETTLE_S": "8"},
+                        wait_ready=False, name="reload-settling")
+    wait_for(lambda: "waiting for the copy to end" in late.log(), 60, "the mule waiting for the copy")
+    assert late.wait_state("ready")["state"] == "ready"
+    assert served(late.url) == "1"

@@ -19,7 +19,7 @@ import pytest
 import requests
 
 from app.config import PROJECT_ROOT
-from tools.local_server import free_port, kill_tree, wait_for, world_readable_dir
+from tools.local_server import free_port, kill_tree, wait_for
 from training.digits import heldout_split, render_png
 
 LB_CONFIG = PROJECT_ROOT / "deploy" / "loadbalancer" / "nginx.conf"
@@ -37,10 +37,10 @@ def loopback_config(ports: list[int], listen: int, folder: Path) -> str:
 
 
 @pytest.fixture
-def balancer():
+def balancer(readable_dir):
     """Start the balancer for the given replica ports; stopped (QUIT) at the end, its process group
     killed after that."""
-    folder = world_readable_dir("kerasrv-lb-")
+    folder = readable_dir("kerasrv-lb-")
     started: list[subprocess.Popen] = []
 
     def start(ports: list[int]) -> str:
@@ -69,7 +69,6 @@ def balancer():
         finally:  # no worker outlives the test, whatever became of the master
             with suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGKILL)
-    shutil.rmtree(folder, ignore_errors=True)
 
 
 class Clients:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import threading
 import time
 from collections import Counter
@@ -12,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from tools.local_server import wait_for, world_readable_dir
+from tools.local_server import wait_for
 from training.digits import heldout_split, render_png
 
 FRONT_END = "https://app.example.com"
@@ -27,12 +26,10 @@ def write_tokens(path, *tokens: str) -> None:
 
 
 @pytest.fixture
-def token_file():
-    folder = world_readable_dir("kerasrv-tokens-")
-    path = folder / "tokens"
+def token_file(readable_dir):
+    path = readable_dir("kerasrv-tokens-") / "tokens"
     write_tokens(path, "# rotated by the test", "old-t0ken")
-    yield path
-    shutil.rmtree(folder, ignore_errors=True)
+    return path
 
 
 def test_rotating_the_token_file_under_load_takes_effect_without_a_restart(start_server, token_file):

@@ -4,7 +4,6 @@ HTTP/2 by ALPN, the plain-HTTP redirect, and renewed certificates served without
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
 import ssl
@@ -15,7 +14,7 @@ import pytest
 import requests
 
 from tests.doubles import self_signed_cert
-from tools.local_server import free_port, wait_for, world_readable_dir
+from tools.local_server import free_port, wait_for
 from training.digits import heldout_split, render_png
 
 V = ssl.TLSVersion
@@ -53,10 +52,8 @@ def renew(cert: Path, key: Path, name: str) -> None:
 
 
 @pytest.fixture
-def certificate():
-    folder = world_readable_dir("kerasrv-tls-")
-    yield self_signed_cert(folder)
-    shutil.rmtree(folder, ignore_errors=True)
+def certificate(readable_dir):
+    return self_signed_cert(readable_dir("kerasrv-tls-"))
 
 
 def test_https_only_modern_tls_http2_redirect_and_reload_on_sighup(start_server, certificate):
